@@ -1,0 +1,76 @@
+//! `pve-nvidia-hook install <vmid> [--force]`, and the install the hook runs
+//! (in the foreground or detached): lock, re-check, pipeline, record.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::{Ctx, Target};
+use crate::cli::InstallArgs;
+use crate::container::{driver, LxcAttach};
+use crate::decision::{self, Action};
+use crate::logging;
+use crate::pipeline::{self, Job};
+use crate::runfile::Fetcher;
+use crate::version::DriverVersion;
+
+pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
+    logging::set_vmid(args.vmid);
+    let ctx = Ctx::load(config)?;
+    let target = ctx.container(args.vmid)?;
+    if !target.request.wanted {
+        log::warn!("NVIDIA is not requested for this container; installing because you asked");
+    }
+    let host = ctx
+        .host_version()?
+        .ok_or_else(|| anyhow!("no NVIDIA kernel module loaded on the host; nothing to install"))?;
+    install(&ctx, &target, &host, args.force)
+}
+
+pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) -> Result<ExitCode> {
+    let vmid = target.vmid;
+    ctx.check_config_trusted()?;
+    let Some(_lock) = ctx.locks.try_container(vmid)? else {
+        log::info!("already installing");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let slots = target.settings.max_concurrent_installs;
+    let _slot = ctx.locks.install_slot(slots, || {
+        log::info!("waiting for an install slot ({slots} in use)")
+    })?;
+    // Decided again under the lock: another install may just have finished.
+    let root = ctx
+        .open_container(vmid)?
+        .ok_or_else(|| anyhow!("container is not running"))?;
+    if let Action::Install(reason) = decision::decide(host, &driver::detect(&root), force) {
+        log::info!("installing NVIDIA driver {host}: {reason}");
+    } else {
+        log::info!("NVIDIA driver {host} up to date");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exec = LxcAttach::new(vmid)?;
+    let cache = &ctx.config().paths.cache;
+    let log_progress = |m: &str| log::info!("{m}");
+    let fetcher = Fetcher {
+        cache_dir: cache,
+        locks: &ctx.locks,
+        allow_unverified: target.settings.allow_unverified_download,
+        log: &log_progress,
+    };
+    let job = Job {
+        settings: &target.settings,
+        host,
+        ostype: target.pct.ostype(),
+        exec: &exec,
+        root: &root,
+        fetcher: &fetcher,
+    };
+    let outcome = pipeline::run(&job);
+    if let Err(e) = ctx.results.record(vmid, &host.to_string(), &outcome) {
+        log::warn!("could not record the result: {e:#}");
+    }
+    outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
+    log::info!("NVIDIA driver {host} installed and verified");
+    Ok(ExitCode::SUCCESS)
+}

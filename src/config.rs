@@ -1,0 +1,465 @@
+//! The tool's own configuration (`/etc/pve-nvidia-hook/config.json`) and the
+//! settings it resolves to for one container.
+//!
+//! Every key is optional; unknown keys, wrong types and bad values are
+//! configuration errors (exit 2) that name the file and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::error::usage;
+use crate::version::DriverVersion;
+use crate::vmid::Vmid;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pve-nvidia-hook/config.json";
+
+/// NVIDIA's public download path, then the datacenter path, tried in order
+/// when no `runfile_url` is configured.
+pub const DEFAULT_RUNFILE_URLS: [&str; 2] = [
+    "https://download.nvidia.com/XFree86/Linux-x86_64/{version}/NVIDIA-Linux-x86_64-{version}.run",
+    "https://us.download.nvidia.com/tesla/{version}/NVIDIA-Linux-x86_64-{version}.run",
+];
+
+/// The seed's user-space-only flags (`--accept-license` is accepted and
+/// ignored by every installer since 390, so it is left out).
+pub const DEFAULT_INSTALLER_ARGS: [&str; 5] = [
+    "--silent",
+    "--no-kernel-module",
+    "--no-x-check",
+    "--no-nouveau-check",
+    "--no-opengl-files",
+];
+
+/// What the installer needs inside the container. The seed installed
+/// `build-essential pkg-config wget`; with `--no-kernel-module` nothing is
+/// compiled and the hook pushes the runfile itself, so none of these is needed
+/// for the driver. `kmod` gives the installer `lsmod`/`modprobe` to find the
+/// host's loaded module, `ca-certificates` lets CUDA samples and pip work.
+pub const DEFAULT_DEPENDENCIES: [&str; 2] = ["kmod", "ca-certificates"];
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum DigestSpec {
+    One(String),
+    PerVersion(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CudaConfig {
+    /// CUDA runfile (`cuda_<ver>_<drv>_linux.run`), installed with
+    /// `--silent --toolkit`: toolkit only, never its bundled driver.
+    pub runfile_url: String,
+    pub sha256: Option<String>,
+    #[serde(default = "default_cuda_args")]
+    pub installer_args: Vec<String>,
+}
+
+fn default_cuda_args() -> Vec<String> {
+    ["--silent", "--toolkit", "--no-man-page", "--override"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub pve: PathBuf,
+    pub sys: PathBuf,
+    pub proc: PathBuf,
+    pub cache: PathBuf,
+    pub lock: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            pve: "/etc/pve".into(),
+            sys: "/sys".into(),
+            proc: "/proc".into(),
+            cache: "/var/cache/pve-nvidia-hook".into(),
+            lock: "/run/lock/pve-nvidia-hook".into(),
+            log: "/var/log/pve-nvidia-hook".into(),
+        }
+    }
+}
+
+/// Keys a container may override (`containers."<vmid>"`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerOverrides {
+    pub nvidia: Option<bool>,
+    pub runfile_url: Option<String>,
+    pub runfile_sha256: Option<DigestSpec>,
+    pub installer_args: Option<Vec<String>>,
+    pub dependencies: Option<Vec<String>>,
+    pub cleanup: Option<bool>,
+    pub cuda: Option<CudaConfig>,
+    pub background: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub runfile_url: Option<String>,
+    pub runfile_sha256: Option<DigestSpec>,
+    pub installer_args: Option<Vec<String>>,
+    pub dependencies: Option<Vec<String>>,
+    pub cleanup: Option<bool>,
+    pub cuda: Option<CudaConfig>,
+    pub background: Option<bool>,
+    /// Accept a runfile without a trusted digest (plain http without
+    /// `runfile_sha256`, or https where NVIDIA publishes no `.sha256sum`).
+    pub allow_unverified_download: bool,
+    /// At most this many installers run at once on the host (a boot with many
+    /// GPU containers otherwise saturates the disk).
+    pub max_concurrent_installs: Option<u32>,
+    /// Seconds one installer run may take before it is killed.
+    pub installer_timeout_secs: Option<u64>,
+    pub containers: BTreeMap<String, ContainerOverrides>,
+    pub phoenix_config: Option<PathBuf>,
+    pub paths: Paths,
+}
+
+/// Where the configuration came from, for messages and permission checks.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// None when the default file is absent and all defaults apply.
+    pub file: Option<PathBuf>,
+}
+
+pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+    let (path, must_exist) = match explicit {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            return Ok(Loaded {
+                config: Config::default(),
+                file: None,
+            })
+        }
+        Err(e) => return Err(usage(format!("config {}: {e}", path.display()))),
+    };
+    let config = parse(&text).map_err(|e| usage(format!("config {}: {e:#}", path.display())))?;
+    Ok(Loaded {
+        config,
+        file: Some(path),
+    })
+}
+
+pub fn parse(text: &str) -> Result<Config> {
+    if text.trim().is_empty() {
+        anyhow::bail!("the file is empty (write {{}} for all defaults)");
+    }
+    let config: Config = serde_json::from_str(text)?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    fn validate(&self) -> Result<()> {
+        validate_layer("", &self.runfile_url, &self.runfile_sha256, &self.cuda)?;
+        for (key, overrides) in &self.containers {
+            key.parse::<Vmid>()
+                .map_err(|e| anyhow::anyhow!("containers: key {e}"))?;
+            validate_layer(
+                &format!("containers.\"{key}\"."),
+                &overrides.runfile_url,
+                &overrides.runfile_sha256,
+                &overrides.cuda,
+            )?;
+        }
+        if self.max_concurrent_installs == Some(0) {
+            anyhow::bail!("max_concurrent_installs: must be at least 1");
+        }
+        if self.installer_timeout_secs == Some(0) {
+            anyhow::bail!("installer_timeout_secs: must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn overrides(&self, vmid: Vmid) -> Option<&ContainerOverrides> {
+        self.containers.get(&vmid.to_string())
+    }
+
+    /// The settings for one container: its overrides over the global keys
+    /// over the defaults.
+    pub fn settings_for(&self, vmid: Vmid, phoenix_url: Option<String>) -> Settings {
+        let o = self.overrides(vmid).cloned().unwrap_or_default();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Settings {
+            runfile_url: o
+                .runfile_url
+                .or(phoenix_url)
+                .or_else(|| self.runfile_url.clone()),
+            runfile_sha256: o.runfile_sha256.or_else(|| self.runfile_sha256.clone()),
+            installer_args: o
+                .installer_args
+                .or_else(|| self.installer_args.clone())
+                .unwrap_or_else(|| strings(&DEFAULT_INSTALLER_ARGS)),
+            dependencies: o
+                .dependencies
+                .or_else(|| self.dependencies.clone())
+                .unwrap_or_else(|| strings(&DEFAULT_DEPENDENCIES)),
+            cleanup: o.cleanup.or(self.cleanup).unwrap_or(true),
+            cuda: o.cuda.or_else(|| self.cuda.clone()),
+            background: o.background.or(self.background).unwrap_or(true),
+            allow_unverified_download: self.allow_unverified_download,
+            max_concurrent_installs: self.max_concurrent_installs.unwrap_or(2),
+            installer_timeout_secs: self.installer_timeout_secs.unwrap_or(1800),
+        }
+    }
+}
+
+fn validate_layer(
+    prefix: &str,
+    url: &Option<String>,
+    digest: &Option<DigestSpec>,
+    cuda: &Option<CudaConfig>,
+) -> Result<()> {
+    if let Some(url) = url {
+        check_url(url).with_context(|| format!("{prefix}runfile_url"))?;
+    }
+    match digest {
+        Some(DigestSpec::One(d)) => {
+            check_digest(d).with_context(|| format!("{prefix}runfile_sha256"))?
+        }
+        Some(DigestSpec::PerVersion(map)) => {
+            for (version, d) in map {
+                version
+                    .parse::<DriverVersion>()
+                    .map_err(|e| anyhow::anyhow!("{prefix}runfile_sha256: key {e}"))?;
+                check_digest(d).with_context(|| format!("{prefix}runfile_sha256.\"{version}\""))?;
+            }
+        }
+        None => {}
+    }
+    if let Some(cuda) = cuda {
+        check_url(&cuda.runfile_url).with_context(|| format!("{prefix}cuda.runfile_url"))?;
+        if let Some(d) = &cuda.sha256 {
+            check_digest(d).with_context(|| format!("{prefix}cuda.sha256"))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_url(url: &str) -> Result<()> {
+    let ok = ["https://", "http://", "file:///"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    }) || (url.starts_with('/') && url.len() > 1);
+    if !ok {
+        anyhow::bail!("'{url}' is not an https://, http://, file:/// URL or an absolute path");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "'{}' contains whitespace or control characters",
+            url.escape_debug()
+        );
+    }
+    let name = url.rsplit('/').next().unwrap_or_default();
+    if name.is_empty() {
+        anyhow::bail!("'{url}' does not end in a file name");
+    }
+    Ok(())
+}
+
+fn check_digest(d: &str) -> Result<()> {
+    if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("'{d}' is not a sha256 digest (64 hex digits)");
+    }
+    Ok(())
+}
+
+/// The resolved settings for one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub runfile_url: Option<String>,
+    pub runfile_sha256: Option<DigestSpec>,
+    pub installer_args: Vec<String>,
+    pub dependencies: Vec<String>,
+    pub cleanup: bool,
+    pub cuda: Option<CudaConfig>,
+    pub background: bool,
+    pub allow_unverified_download: bool,
+    pub max_concurrent_installs: u32,
+    pub installer_timeout_secs: u64,
+}
+
+impl Settings {
+    /// Candidate URLs for a host version, in the order they are tried.
+    pub fn runfile_urls(&self, version: &DriverVersion) -> Vec<String> {
+        let v = version.to_string();
+        match &self.runfile_url {
+            Some(url) => vec![url.replace("{version}", &v)],
+            None => DEFAULT_RUNFILE_URLS
+                .iter()
+                .map(|u| u.replace("{version}", &v))
+                .collect(),
+        }
+    }
+
+    /// The configured digest for this version, lower-cased.
+    pub fn configured_digest(&self, version: &DriverVersion) -> Option<String> {
+        match &self.runfile_sha256 {
+            Some(DigestSpec::One(d)) => Some(d.to_ascii_lowercase()),
+            Some(DigestSpec::PerVersion(map)) => map
+                .get(&version.to_string())
+                .map(|d| d.to_ascii_lowercase()),
+            None => None,
+        }
+    }
+}
+
+/// A Phoenix Hypervisor `phoenix_lxc_configs.json`: what the original plan's
+/// `jq_get_value` read.
+#[derive(Debug, Default)]
+pub struct PhoenixEntry {
+    pub requested: bool,
+    pub runfile_url: Option<String>,
+}
+
+pub fn read_phoenix(path: &Path, vmid: Vmid) -> Result<PhoenixEntry> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
+    let root: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
+    let entry = root
+        .get("lxc_configs")
+        .and_then(|c| c.get(vmid.to_string()));
+    let Some(entry) = entry else {
+        return Ok(PhoenixEntry::default());
+    };
+    let requested = entry
+        .get("features")
+        .and_then(|f| f.as_array())
+        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("nvidia")));
+    let runfile_url = entry
+        .get("nvidia_runfile_url")
+        .or_else(|| root.get("nvidia_runfile_url"))
+        .and_then(|u| u.as_str())
+        .map(str::to_owned);
+    if let Some(url) = &runfile_url {
+        check_url(url).map_err(|e| {
+            usage(format!(
+                "phoenix_config {}: nvidia_runfile_url: {e:#}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(PhoenixEntry {
+        requested,
+        runfile_url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmid(n: u32) -> Vmid {
+        Vmid::try_from(n).unwrap()
+    }
+
+    #[test]
+    fn empty_object_means_defaults() {
+        let c = parse("{}").unwrap();
+        let s = c.settings_for(vmid(101), None);
+        assert!(s.cleanup && s.background);
+        assert_eq!(s.installer_args, DEFAULT_INSTALLER_ARGS);
+        assert_eq!(s.max_concurrent_installs, 2);
+        let v: DriverVersion = "550.54.14".parse().unwrap();
+        assert_eq!(
+            s.runfile_urls(&v)[0],
+            "https://download.nvidia.com/XFree86/Linux-x86_64/550.54.14/NVIDIA-Linux-x86_64-550.54.14.run"
+        );
+        assert_eq!(s.runfile_urls(&v).len(), 2);
+    }
+
+    #[test]
+    fn container_overrides_win() {
+        let c = parse(
+            r#"{"background": true, "cleanup": false,
+                "runfile_sha256": {"550.54.14": "AA00000000000000000000000000000000000000000000000000000000000000"},
+                "containers": {"101": {"nvidia": true, "background": false, "runfile_url": "/srv/NVIDIA-Linux-x86_64-{version}.run"}}}"#,
+        )
+        .unwrap();
+        let s = c.settings_for(vmid(101), None);
+        assert!(!s.background && !s.cleanup);
+        let v: DriverVersion = "550.54.14".parse().unwrap();
+        assert_eq!(
+            s.runfile_urls(&v),
+            ["/srv/NVIDIA-Linux-x86_64-550.54.14.run"]
+        );
+        assert_eq!(
+            s.configured_digest(&v).unwrap(),
+            format!("aa{}", "0".repeat(62))
+        );
+        assert!(c.settings_for(vmid(102), None).background);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("", "empty"),
+            ("{", "EOF"),
+            (r#"{"bogus": 1}"#, "unknown field `bogus`"),
+            (r#"{"cleanup": "yes"}"#, "invalid type"),
+            (r#"{"runfile_url": "ftp://x/y.run"}"#, "runfile_url"),
+            (r#"{"runfile_url": "https://x/"}"#, "file name"),
+            (r#"{"runfile_sha256": "abc"}"#, "runfile_sha256"),
+            (
+                r#"{"runfile_sha256": {"550": "abc"}}"#,
+                "runfile_sha256: key",
+            ),
+            (r#"{"containers": {"abc": {}}}"#, "containers: key"),
+            (
+                r#"{"containers": {"101": {"nvidia": true, "paths": {}}}}"#,
+                "unknown field `paths`",
+            ),
+            (r#"{"paths": {"tmp": "/x"}}"#, "unknown field `tmp`"),
+            (
+                r#"{"cuda": {"runfile_url": "relative.run"}}"#,
+                "cuda.runfile_url",
+            ),
+            (
+                r#"{"max_concurrent_installs": 0}"#,
+                "max_concurrent_installs",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn phoenix_entry_and_root_url() {
+        let dir = std::env::temp_dir().join(format!("pnh-phoenix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("phoenix_lxc_configs.json");
+        std::fs::write(
+            &file,
+            r#"{"nvidia_runfile_url": "https://example.com/NVIDIA-Linux-x86_64-550.54.14.run",
+                "lxc_configs": {"901": {"features": ["base", "nvidia"]}, "902": {"features": ["docker"]}}}"#,
+        )
+        .unwrap();
+        let e = read_phoenix(&file, vmid(901)).unwrap();
+        assert!(e.requested);
+        assert_eq!(
+            e.runfile_url.as_deref(),
+            Some("https://example.com/NVIDIA-Linux-x86_64-550.54.14.run")
+        );
+        assert!(!read_phoenix(&file, vmid(902)).unwrap().requested);
+        assert!(!read_phoenix(&file, vmid(903)).unwrap().requested);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,248 @@
+//! The decisions, as pure functions of what was read: is NVIDIA requested for
+//! this container, does it need an install, and what `status` calls its state.
+
+use serde::Serialize;
+
+use crate::container::driver::InstalledDriver;
+use crate::pct_config::{Passthrough, PctConfig};
+use crate::version::DriverVersion;
+
+/// Why a container counts as (not) requesting the GPU; the first that
+/// applies wins, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// `containers."<vmid>".nvidia` in the tool's config (true or false).
+    Config,
+    /// `features` contains `nvidia` in the Phoenix config.
+    Phoenix,
+    /// The container's `tags` contain `nvidia`.
+    Tag,
+    /// A `devN:` or `lxc.mount.entry` passes a `/dev/nvidia*` node.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub wanted: bool,
+    pub reason: Option<Reason>,
+}
+
+pub fn requested(config_says: Option<bool>, phoenix_says: bool, pct: &PctConfig) -> Request {
+    let (wanted, reason) = if let Some(wanted) = config_says {
+        (wanted, Some(Reason::Config))
+    } else if phoenix_says {
+        (true, Some(Reason::Phoenix))
+    } else if pct.has_tag("nvidia") {
+        (true, Some(Reason::Tag))
+    } else if matches!(
+        pct.nvidia_passthrough(),
+        Some(Passthrough::Device | Passthrough::MountEntry)
+    ) {
+        (true, Some(Reason::Passthrough))
+    } else {
+        (false, None)
+    };
+    Request { wanted, reason }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    UpToDate,
+    Install(String),
+}
+
+/// Exact comparison of parsed versions: no substring, no empty-matches-all.
+pub fn decide(host: &DriverVersion, installed: &InstalledDriver, force: bool) -> Action {
+    match installed {
+        InstalledDriver::Installed(v) if v == host && !force => Action::UpToDate,
+        InstalledDriver::Installed(v) if v == host => {
+            Action::Install(format!("forced reinstall of {v}"))
+        }
+        InstalledDriver::Installed(v) => {
+            Action::Install(format!("container has {v}, host has {host}"))
+        }
+        InstalledDriver::Absent => Action::Install("no NVIDIA driver in the container".into()),
+        InstalledDriver::Broken(why) => Action::Install(why.clone()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    UpToDate,
+    Missing,
+    Mismatch,
+    Installing,
+    Failed,
+    NotRequested,
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::UpToDate => "up-to-date",
+            State::Missing => "missing",
+            State::Mismatch => "mismatch",
+            State::Installing => "installing",
+            State::Failed => "failed",
+            State::NotRequested => "not-requested",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+pub struct Observed<'a> {
+    pub requested: bool,
+    /// None when the container does not run.
+    pub installed: Option<&'a InstalledDriver>,
+    pub host: Option<&'a DriverVersion>,
+    pub installing: bool,
+    /// The last install for the current host version failed.
+    pub last_failed: bool,
+}
+
+pub fn state(o: &Observed) -> State {
+    let Some(installed) = o.installed else {
+        return if o.requested {
+            State::Stopped
+        } else {
+            State::NotRequested
+        };
+    };
+    if !o.requested {
+        return State::NotRequested;
+    }
+    if o.installing {
+        return State::Installing;
+    }
+    match (installed, o.host) {
+        (InstalledDriver::Installed(v), Some(h)) if v == h => State::UpToDate,
+        _ if o.last_failed => State::Failed,
+        (InstalledDriver::Absent, _) => State::Missing,
+        _ => State::Mismatch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> DriverVersion {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn request_precedence() {
+        let tagged = PctConfig::parse("tags: nvidia\n");
+        let plain = PctConfig::parse("hostname: x\n");
+        let passed = PctConfig::parse("dev0: /dev/nvidia0\n");
+        assert_eq!(
+            requested(Some(false), true, &tagged),
+            Request {
+                wanted: false,
+                reason: Some(Reason::Config)
+            }
+        );
+        assert_eq!(
+            requested(Some(true), false, &plain).reason,
+            Some(Reason::Config)
+        );
+        assert_eq!(requested(None, true, &plain).reason, Some(Reason::Phoenix));
+        assert_eq!(requested(None, false, &tagged).reason, Some(Reason::Tag));
+        assert_eq!(
+            requested(None, false, &passed).reason,
+            Some(Reason::Passthrough)
+        );
+        assert_eq!(
+            requested(None, false, &plain),
+            Request {
+                wanted: false,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn decision_table() {
+        let host = v("550.54.14");
+        assert_eq!(
+            decide(&host, &InstalledDriver::Installed(v("550.54.14")), false),
+            Action::UpToDate
+        );
+        assert!(matches!(
+            decide(&host, &InstalledDriver::Installed(v("550.54.14")), true),
+            Action::Install(_)
+        ));
+        // The plan's substring check took 550.54 for 550.54.14.
+        assert!(matches!(
+            decide(&host, &InstalledDriver::Installed(v("550.54")), false),
+            Action::Install(_)
+        ));
+        assert!(
+            matches!(decide(&host, &InstalledDriver::Installed(v("535.104.05")), false), Action::Install(m) if m.contains("535.104.05"))
+        );
+        assert!(matches!(
+            decide(&host, &InstalledDriver::Absent, false),
+            Action::Install(_)
+        ));
+        assert!(matches!(
+            decide(&host, &InstalledDriver::Broken("x".into()), false),
+            Action::Install(_)
+        ));
+    }
+
+    #[test]
+    fn state_table() {
+        let host = v("550.54.14");
+        let ok = InstalledDriver::Installed(host.clone());
+        let old = InstalledDriver::Installed(v("535.104.05"));
+        let base = |installed| Observed {
+            requested: true,
+            installed,
+            host: Some(&host),
+            installing: false,
+            last_failed: false,
+        };
+        assert_eq!(state(&base(Some(&ok))), State::UpToDate);
+        assert_eq!(state(&base(Some(&old))), State::Mismatch);
+        assert_eq!(state(&base(Some(&InstalledDriver::Absent))), State::Missing);
+        assert_eq!(state(&base(None)), State::Stopped);
+        assert_eq!(
+            state(&Observed {
+                installing: true,
+                ..base(Some(&old))
+            }),
+            State::Installing
+        );
+        assert_eq!(
+            state(&Observed {
+                last_failed: true,
+                ..base(Some(&old))
+            }),
+            State::Failed
+        );
+        assert_eq!(
+            state(&Observed {
+                last_failed: true,
+                ..base(Some(&ok))
+            }),
+            State::UpToDate
+        );
+        assert_eq!(
+            state(&Observed {
+                requested: false,
+                ..base(Some(&ok))
+            }),
+            State::NotRequested
+        );
+        assert_eq!(
+            state(&Observed {
+                host: None,
+                ..base(Some(&ok))
+            }),
+            State::Mismatch
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! What the Proxmox host knows: the loaded NVIDIA kernel module's version and
+//! which process is a running container's init. Everything here reads files
+//! under the configured `sys` and `proc` roots; only the last-resort version
+//! query runs a program.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::process::{self, Limits};
+use crate::version::{self, DriverVersion};
+use crate::vmid::Vmid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    SysModule,
+    ProcDriver,
+    NvidiaSmi,
+}
+
+pub struct Host {
+    pub sys: PathBuf,
+    pub proc: PathBuf,
+}
+
+/// Small kernel files: more than this is not what the kernel writes.
+const MAX_KERNEL_FILE: u64 = 64 * 1024;
+
+impl Host {
+    pub fn new(sys: &Path, proc: &Path) -> Host {
+        Host {
+            sys: sys.to_path_buf(),
+            proc: proc.to_path_buf(),
+        }
+    }
+
+    /// The host kernel module's version; Ok(None) when no NVIDIA module is
+    /// loaded.
+    pub fn driver_version(&self) -> Result<Option<(DriverVersion, VersionSource)>> {
+        let sys_file = self.sys.join("module/nvidia/version");
+        if let Some(text) = read_small(&sys_file)? {
+            let v = version::from_sys_module(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}", sys_file.display()))?;
+            return Ok(Some((v, VersionSource::SysModule)));
+        }
+        let proc_file = self.proc.join("driver/nvidia/version");
+        if let Some(text) = read_small(&proc_file)? {
+            let v = version::from_proc_driver(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}", proc_file.display()))?;
+            return Ok(Some((v, VersionSource::ProcDriver)));
+        }
+        let Some(smi) = process::find_program("nvidia-smi") else {
+            return Ok(None);
+        };
+        let out = process::run(
+            &smi,
+            &["--query-gpu=driver_version", "--format=csv,noheader"],
+            Limits::quick(Duration::from_secs(10)),
+        )
+        .context("running nvidia-smi on the host")?;
+        if !out.success() {
+            return Ok(None);
+        }
+        let v = version::from_nvidia_smi(&out.stdout_text())
+            .map_err(anyhow::Error::msg)
+            .context("host nvidia-smi")?;
+        Ok(Some((v, VersionSource::NvidiaSmi)))
+    }
+
+    /// The host pid of the container's init, found through the container's
+    /// cgroup without running a program: the process in it that is pid 1 of
+    /// its own pid namespace. None when the container does not run (or its
+    /// cgroup layout is unknown: the caller then asks `lxc-info`).
+    pub fn container_init_pid(&self, vmid: Vmid) -> Option<u32> {
+        let cgroup = self.sys.join("fs/cgroup");
+        let roots = [
+            format!("lxc/{vmid}"),
+            format!("lxc.payload.{vmid}"),
+            format!("unified/lxc.payload.{vmid}"),
+            format!("unified/lxc/{vmid}"),
+            format!("pids/lxc.payload.{vmid}"),
+            format!("pids/lxc/{vmid}"),
+        ];
+        roots
+            .iter()
+            .map(|r| cgroup.join(r))
+            .filter(|p| p.is_dir())
+            .find_map(|root| self.find_init_below(&root))
+    }
+
+    /// Breadth-first through at most a few dozen cgroups: a container may
+    /// create its own sub-cgroups, and must not make this walk expensive.
+    fn find_init_below(&self, root: &Path) -> Option<u32> {
+        const MAX_DIRS: usize = 64;
+        let mut queue = std::collections::VecDeque::from([(root.to_path_buf(), 0usize)]);
+        let mut visited = 0;
+        while let Some((dir, depth)) = queue.pop_front() {
+            visited += 1;
+            if visited > MAX_DIRS {
+                return None;
+            }
+            if let Ok(Some(procs)) = read_small(&dir.join("cgroup.procs")) {
+                if let Some(pid) = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .find(|&pid| self.is_namespace_init(pid))
+                {
+                    return Some(pid);
+                }
+            }
+            if depth < 3 {
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    let mut subdirs: Vec<_> = entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect();
+                    // `ns` (Proxmox's inner cgroup) and `init.scope` hold init.
+                    subdirs.sort_by_key(|p| !p.ends_with("ns") && !p.ends_with("init.scope"));
+                    queue.extend(subdirs.into_iter().map(|d| (d, depth + 1)));
+                }
+            }
+        }
+        None
+    }
+
+    /// True when `pid` is pid 1 of a pid namespace one level below ours.
+    pub fn is_namespace_init(&self, pid: u32) -> bool {
+        let Ok(Some(status)) = read_small(&self.proc.join(format!("{pid}/status"))) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|ids| ids.split_whitespace().collect::<Vec<_>>())
+            .is_some_and(|ids| ids.len() == 2 && ids[1] == "1")
+    }
+
+    pub fn container_root(&self, pid: u32) -> PathBuf {
+        self.proc.join(format!("{pid}/root"))
+    }
+}
+
+/// Reads a small file; Ok(None) when it does not exist.
+fn read_small(path: &Path) -> Result<Option<String>> {
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            let mut text = String::new();
+            f.take(MAX_KERNEL_FILE)
+                .read_to_string(&mut text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(Some(text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}

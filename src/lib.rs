@@ -1,0 +1,49 @@
+//! pve-nvidia-hook: a Proxmox VE hookscript that installs the NVIDIA
+//! user-space driver matching the host's kernel module into LXC containers.
+//!
+//! Data flows one way: [`cli`] → [`config`] → [`decision`] → [`pipeline`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod container;
+pub mod decision;
+pub mod detach;
+pub mod error;
+pub mod fsutil;
+pub mod host;
+pub mod logging;
+pub mod pct_config;
+pub mod pipeline;
+pub mod process;
+pub mod runfile;
+pub mod state;
+pub mod version;
+pub mod vmid;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let quiet = matches!(cli.command, Some(Command::Status(_) | Command::Verify(_)));
+    let from_hook = matches!(&cli.command, Some(Command::Install(a)) if a.from_hook);
+    logging::init(logging::Options {
+        verbose: cli.verbose,
+        quiet,
+        timestamps: from_hook,
+    });
+    match cli.command {
+        Some(Command::Install(args)) => commands::install::run(cli.config.as_deref(), &args),
+        Some(Command::Verify(args)) => commands::verify::run(cli.config.as_deref(), args.vmid),
+        Some(Command::Status(args)) => commands::status::run(cli.config.as_deref(), &args),
+        None => match (cli.vmid, cli.phase) {
+            (Some(vmid), Some(phase)) => commands::hook::run(cli.config.as_deref(), vmid, &phase),
+            _ => Err(error::usage(
+                "expected <VMID> <PHASE> (hookscript mode) or a subcommand; see --help",
+            )),
+        },
+    }
+}

@@ -1,0 +1,137 @@
+//! One line per event, tagged with the container, to syslog (facility
+//! daemon, ident `pve-nvidia-hook`) and to stderr, which Proxmox shows in the
+//! start task's log. Without a syslog socket, stderr alone.
+
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use syslog::{Facility, Formatter3164, LoggerBackend};
+
+use crate::vmid::Vmid;
+
+type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
+
+struct Logger {
+    syslog: Option<Mutex<Syslog>>,
+    timestamps: bool,
+}
+
+static VMID: OnceLock<Vmid> = OnceLock::new();
+static INSTALLED: OnceLock<()> = OnceLock::new();
+
+pub struct Options {
+    pub verbose: bool,
+    /// Quiet by default (warnings only): for `status` and `verify`, whose
+    /// answer is their output.
+    pub quiet: bool,
+    /// Prefix stderr lines with a UTC timestamp (the background install's
+    /// stderr is a log file).
+    pub timestamps: bool,
+}
+
+pub fn init(opts: Options) {
+    let formatter = Formatter3164 {
+        facility: Facility::LOG_DAEMON,
+        hostname: None,
+        process: "pve-nvidia-hook".into(),
+        pid: std::process::id(),
+    };
+    let logger = Logger {
+        syslog: syslog::unix(formatter).ok().map(Mutex::new),
+        timestamps: opts.timestamps,
+    };
+    let level = match (opts.verbose, opts.quiet) {
+        (true, _) => LevelFilter::Debug,
+        (false, true) => LevelFilter::Warn,
+        (false, false) => LevelFilter::Info,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+        let _ = INSTALLED.set(());
+    }
+}
+
+/// Every later line names this container.
+pub fn set_vmid(vmid: Vmid) {
+    let _ = VMID.set(vmid);
+}
+
+/// Reports a fatal error through the logger when there is one.
+pub fn report_error(err: &anyhow::Error) {
+    if INSTALLED.get().is_some() {
+        log::error!("{err:#}");
+    } else {
+        eprintln!("pve-nvidia-hook: error: {err:#}");
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = record.args().to_string();
+        // One event, one line: a multi-line message from a child stays one line.
+        let text: String = text.replace(['\n', '\r'], " | ");
+        let line = match VMID.get() {
+            Some(vmid) => format!("CT {vmid}: {text}"),
+            None => text,
+        };
+        if let Some(syslog) = &self.syslog {
+            if let Ok(mut s) = syslog.lock() {
+                let _ = match record.level() {
+                    Level::Error => s.err(&line),
+                    Level::Warn => s.warning(&line),
+                    Level::Info => s.info(&line),
+                    Level::Debug | Level::Trace => s.debug(&line),
+                };
+            }
+        }
+        let level = match record.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            _ => "",
+        };
+        let stamp = if self.timestamps {
+            format!("{} ", utc_now())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{stamp}pve-nvidia-hook: {level}{line}"
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+/// `2026-11-25T18:00:00Z`, without a date crate (civil-from-days).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,18 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = pve_nvidia_hook::cli::Cli::parse();
+    match pve_nvidia_hook::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            pve_nvidia_hook::logging::report_error(&err);
+            ExitCode::from(if pve_nvidia_hook::error::is_usage(&err) {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Parser for Proxmox container configs (`/etc/pve/lxc/<vmid>.conf`), after
+//! pve-container's `parse_pct_config`: only the part before the first
+//! `[section]` is the current config (`[pve:pending]` and snapshots follow),
+//! `#` lines are the URI-escaped description, `lxc.*` keys are raw LXC keys
+//! written with `:` or `=`.
+
+/// Proxmox's cluster file system refuses files over 1 MiB, so a larger file
+/// is not a real config and is not read further.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// `key: value` (Proxmox's own keys: `tags`, `dev0`, `ostype`, ...).
+    Key { key: String, value: String },
+    /// `lxc.key: value` or `lxc.key = value`.
+    Lxc { key: String, value: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PctConfig {
+    pub description: String,
+    pub entries: Vec<Entry>,
+    /// Lines that are none of the above; Proxmox warns about and skips them.
+    pub skipped_lines: usize,
+}
+
+/// Why a container counts as wanting the GPU, as reported by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// A `devN:` entry passes a `/dev/nvidia*` node.
+    Device,
+    /// An `lxc.mount.entry` binds a `/dev/nvidia*` node.
+    MountEntry,
+}
+
+impl PctConfig {
+    pub fn parse(text: &str) -> PctConfig {
+        let mut conf = PctConfig::default();
+        let mut description = Vec::new();
+        for raw in text.split('\n') {
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if is_section_header(line) {
+                break;
+            }
+            if let Some(text) = line.strip_prefix('#') {
+                description.push(uri_unescape(text));
+            } else if line.trim().is_empty() {
+                continue;
+            } else if let Some(entry) = parse_entry(line) {
+                conf.entries.push(entry);
+            } else {
+                conf.skipped_lines += 1;
+            }
+        }
+        conf.description = description.join("\n");
+        conf
+    }
+
+    /// The config as Proxmox would write it (used to check that parsing is
+    /// lossless for everything it accepts).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if !self.description.is_empty() {
+            for line in self.description.split('\n') {
+                out.push('#');
+                out.push_str(&uri_escape(line));
+                out.push('\n');
+            }
+        }
+        for entry in &self.entries {
+            match entry {
+                Entry::Key { key, value } | Entry::Lxc { key, value } => {
+                    out.push_str(key);
+                    out.push_str(": ");
+                    out.push_str(value);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// The last value of a Proxmox key (a later duplicate wins, as in Proxmox).
+    pub fn get(&self, wanted: &str) -> Option<&str> {
+        self.entries.iter().rev().find_map(|e| match e {
+            Entry::Key { key, value } if key == wanted => Some(value.as_str()),
+            _ => None,
+        })
+    }
+
+    pub fn lxc_values<'a>(&'a self, wanted: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries.iter().filter_map(move |e| match e {
+            Entry::Lxc { key, value } if key == wanted => Some(value.as_str()),
+            _ => None,
+        })
+    }
+
+    /// `tags: a;b c,d`, lower-cased as `pct set` writes them.
+    pub fn tags(&self) -> Vec<String> {
+        self.get("tags")
+            .map(|t| {
+                t.split(|c: char| c == ';' || c == ',' || c.is_whitespace())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags().iter().any(|t| t == tag)
+    }
+
+    /// Paths passed with `devN: [path=]/dev/...[,opt=..]`.
+    pub fn device_paths(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Key { key, value } if is_dev_key(key) => device_path(value),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Host sources of `lxc.mount.entry` lines (`/dev/nvidia0 dev/nvidia0 none bind,...`).
+    pub fn mount_sources(&self) -> Vec<&str> {
+        self.lxc_values("lxc.mount.entry")
+            .filter_map(|v| v.split_whitespace().next())
+            .collect()
+    }
+
+    pub fn nvidia_passthrough(&self) -> Option<Passthrough> {
+        let is_nvidia = |p: &str| p.starts_with("/dev/nvidia");
+        if self.device_paths().into_iter().any(is_nvidia) {
+            Some(Passthrough::Device)
+        } else if self.mount_sources().into_iter().any(is_nvidia) {
+            Some(Passthrough::MountEntry)
+        } else {
+            None
+        }
+    }
+
+    pub fn ostype(&self) -> Option<&str> {
+        self.get("ostype")
+    }
+
+    pub fn hookscript(&self) -> Option<&str> {
+        self.get("hookscript")
+    }
+}
+
+fn is_section_header(line: &str) -> bool {
+    let Some(name) = line
+        .trim_end()
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+    else {
+        return false;
+    };
+    name == "pve:pending"
+        || (name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+}
+
+fn parse_entry(line: &str) -> Option<Entry> {
+    if line.starts_with("lxc.") {
+        let key_end = line
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c)))
+            .unwrap_or(line.len());
+        let (key, rest) = line.split_at(key_end);
+        let rest = rest.trim_start();
+        let value = rest.strip_prefix(':').or_else(|| rest.strip_prefix('='))?;
+        return Some(Entry::Lxc {
+            key: key.to_string(),
+            value: value.trim().to_string(),
+        });
+    }
+    let (key, value) = line.split_once(':')?;
+    let value = value.trim();
+    if !is_pve_key(key) || value.is_empty() {
+        return None;
+    }
+    Some(Entry::Key {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// `[a-z][a-z_]*\d*`, Proxmox's key pattern.
+fn is_pve_key(key: &str) -> bool {
+    let letters = key.trim_end_matches(|c: char| c.is_ascii_digit());
+    letters.starts_with(|c: char| c.is_ascii_lowercase())
+        && letters.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+}
+
+fn is_dev_key(key: &str) -> bool {
+    key.strip_prefix("dev")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn device_path(value: &str) -> Option<&str> {
+    value
+        .split(',')
+        .find_map(|item| match item.split_once('=') {
+            Some(("path", path)) => Some(path),
+            Some(_) => None,
+            None => Some(item),
+        })
+}
+
+fn uri_unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn uri_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' | ':' | '\r' | '\n' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GPU_CT: &str = "\
+#Ollama on the A4000%3A do not migrate
+#owner%3A ml-team 100%25
+arch: amd64
+cores: 8
+dev0: /dev/nvidia0,gid=44,mode=0666
+dev1: path=/dev/nvidiactl
+dev2: /dev/nvidia-uvm
+features: nesting=1
+hostname: ollama
+hookscript: local:snippets/pve-nvidia-hook
+memory: 16384
+net0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth
+ostype: debian
+rootfs: local-lvm:vm-101-disk-0,size=64G
+tags: ml;Nvidia
+unprivileged: 1
+lxc.cgroup2.devices.allow: c 195:* rwm
+lxc.cgroup2.devices.allow = c 511:* rwm
+
+[pve:pending]
+tags: other
+
+[before-upgrade]
+tags: nvidia
+dev0: /dev/nvidia1
+snaptime: 1700000000
+";
+
+    #[test]
+    fn real_world_gpu_container() {
+        let c = PctConfig::parse(GPU_CT);
+        assert_eq!(
+            c.description,
+            "Ollama on the A4000: do not migrate\nowner: ml-team 100%"
+        );
+        assert_eq!(c.tags(), ["ml", "nvidia"]);
+        assert!(c.has_tag("nvidia"));
+        assert_eq!(
+            c.device_paths(),
+            ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"]
+        );
+        assert_eq!(c.nvidia_passthrough(), Some(Passthrough::Device));
+        assert_eq!(c.ostype(), Some("debian"));
+        assert_eq!(c.hookscript(), Some("local:snippets/pve-nvidia-hook"));
+        assert_eq!(
+            c.lxc_values("lxc.cgroup2.devices.allow")
+                .collect::<Vec<_>>(),
+            ["c 195:* rwm", "c 511:* rwm"]
+        );
+        assert_eq!(c.skipped_lines, 0);
+    }
+
+    #[test]
+    fn pending_and_snapshot_sections_are_not_current() {
+        let c = PctConfig::parse(
+            "hostname: plain\n[pve:pending]\ntags: nvidia\n[snap1]\ndev0: /dev/nvidia0\n",
+        );
+        assert!(!c.has_tag("nvidia"));
+        assert_eq!(c.nvidia_passthrough(), None);
+    }
+
+    #[test]
+    fn only_snapshot_sections() {
+        let c = PctConfig::parse("[snap1]\ntags: nvidia\n");
+        assert!(c.entries.is_empty());
+    }
+
+    #[test]
+    fn mount_entry_passthrough() {
+        let c = PctConfig::parse(
+            "lxc.mount.entry: /dev/nvidia0 dev/nvidia0 none bind,optional,create=file\n\
+             lxc.mount.entry = /dev/nvidia-uvm dev/nvidia-uvm none bind,optional,create=file\n",
+        );
+        assert_eq!(c.mount_sources(), ["/dev/nvidia0", "/dev/nvidia-uvm"]);
+        assert_eq!(c.nvidia_passthrough(), Some(Passthrough::MountEntry));
+    }
+
+    #[test]
+    fn non_nvidia_devices_do_not_count() {
+        let c = PctConfig::parse("dev0: /dev/dri/renderD128,gid=104\nlxc.mount.entry: /dev/net dev/net none bind,create=dir\n");
+        assert_eq!(c.nvidia_passthrough(), None);
+    }
+
+    #[test]
+    fn tag_separators_and_case() {
+        for line in [
+            "tags: a;nvidia",
+            "tags: a,nvidia",
+            "tags: a nvidia",
+            "tags: NVIDIA",
+        ] {
+            assert!(PctConfig::parse(line).has_tag("nvidia"), "{line}");
+        }
+        assert!(!PctConfig::parse("tags: nvidia-old;gpu").has_tag("nvidia"));
+    }
+
+    #[test]
+    fn crlf_no_trailing_newline_duplicates_and_junk() {
+        let c = PctConfig::parse("tags: a\r\nJUNK LINE\r\n\u{0}\u{1}binary\r\ntags: nvidia");
+        assert!(c.has_tag("nvidia"), "the later duplicate wins");
+        assert_eq!(c.skipped_lines, 2);
+    }
+
+    #[test]
+    fn render_round_trip_of_real_file() {
+        let c = PctConfig::parse(GPU_CT);
+        assert_eq!(PctConfig::parse(&c.render()), c);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_round_trips(text in "(\\PC{0,40}\n){0,12}") {
+            let parsed = PctConfig::parse(&text);
+            let again = PctConfig::parse(&parsed.render());
+            prop_assert_eq!(again.entries, parsed.entries);
+            prop_assert_eq!(again.description, parsed.description);
+        }
+
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = PctConfig::parse(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}

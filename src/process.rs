@@ -1,0 +1,206 @@
+//! Running a host program: a clean environment with a fixed PATH, argument
+//! vectors only (never a shell string), bounded output capture and a time
+//! limit after which its whole process group is killed.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// The PATH every child gets, whatever the caller's environment holds.
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    /// Bytes of stdout kept (the start); the rest is read and dropped.
+    pub max_stdout: usize,
+    /// Bytes of stderr kept (the end, where errors are).
+    pub max_stderr: usize,
+}
+
+impl Limits {
+    pub fn quick(timeout: Duration) -> Limits {
+        Limits {
+            timeout,
+            max_stdout: 64 * 1024,
+            max_stderr: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Output {
+    /// None when the process died from a signal.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The last lines of stderr (or stdout when stderr is empty), on one
+    /// line, for error messages.
+    pub fn diagnostic(&self) -> String {
+        let source = if self.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+            &self.stderr
+        } else {
+            &self.stdout
+        };
+        last_lines(&String::from_utf8_lossy(source), 3)
+    }
+
+    pub fn describe_status(&self) -> String {
+        match (self.timed_out, self.code, self.signal) {
+            (true, _, _) => "timed out and was killed".to_string(),
+            (_, Some(c), _) => format!("exit status {c}"),
+            (_, None, Some(s)) => format!("killed by signal {s}"),
+            _ => "unknown status".to_string(),
+        }
+    }
+}
+
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .join(" | ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(600)
+        .collect()
+}
+
+/// Finds a program on the caller's PATH (that is where an admin, and a test,
+/// put the tools), falling back to the fixed PATH.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let caller = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&caller)
+        .chain(std::env::split_paths(SAFE_PATH))
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+pub fn run(program: &Path, args: &[&str], limits: Limits) -> Result<Output> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_with(program, &args, None, limits)
+}
+
+pub fn run_with(
+    program: &Path,
+    args: &[String],
+    stdin: Option<File>,
+    limits: Limits,
+) -> Result<Output> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .env("LC_ALL", "C")
+        .stdin(stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let stdout = capture(child.stdout.take(), limits.max_stdout, false);
+    let stderr = capture(child.stderr.take(), limits.max_stderr, true);
+
+    let started = Instant::now();
+    let mut poll = Duration::from_millis(1);
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for child")? {
+            break status;
+        }
+        if started.elapsed() >= limits.timeout {
+            timed_out = true;
+            kill_group(child.id());
+            break child.wait().context("waiting for killed child")?;
+        }
+        std::thread::sleep(poll);
+        poll = (poll * 2).min(Duration::from_millis(50));
+    };
+    // A grandchild may still hold the pipes open; give the readers a moment,
+    // then take what they have.
+    let out = Output {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out,
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+    };
+    Ok(out)
+}
+
+fn kill_group(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+struct Capture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Capture {
+    fn finish(self) -> Vec<u8> {
+        let _ = self.done.recv_timeout(Duration::from_secs(2));
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn capture<R: Read + Send + 'static>(reader: Option<R>, max: usize, keep_tail: bool) -> Capture {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let (tx, done) = std::sync::mpsc::channel();
+    let shared = Arc::clone(&buf);
+    std::thread::spawn(move || {
+        if let Some(mut reader) = reader {
+            let mut chunk = [0u8; 16 * 1024];
+            while let Ok(n) = reader.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let mut b = shared.lock().unwrap_or_else(|p| p.into_inner());
+                if keep_tail {
+                    b.extend_from_slice(&chunk[..n]);
+                    if b.len() > max {
+                        let excess = b.len() - max;
+                        b.drain(..excess);
+                    }
+                } else if b.len() < max {
+                    let room = max - b.len();
+                    b.extend_from_slice(&chunk[..n.min(room)]);
+                }
+            }
+        }
+        let _ = tx.send(());
+    });
+    Capture { buf, done }
+}

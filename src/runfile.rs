@@ -1,0 +1,452 @@
+//! The NVIDIA (or CUDA) runfile: resolved from the configuration, fetched
+//! once per host into the cache, verified against a sha256 digest while it
+//! streams, and only then renamed into place. A file whose digest does not
+//! match never enters the cache.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil;
+use crate::state::Locks;
+
+#[derive(Debug, Clone)]
+pub struct Runfile {
+    pub path: PathBuf,
+    pub name: String,
+    pub size: u64,
+}
+
+/// Where a runfile comes from, classified once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Https(String),
+    Http(String),
+    /// `file://` or an absolute path: the admin's own file.
+    Local(PathBuf),
+}
+
+impl Source {
+    pub fn parse(url: &str) -> Result<Source> {
+        if url.starts_with("https://") {
+            Ok(Source::Https(url.to_string()))
+        } else if url.starts_with("http://") {
+            Ok(Source::Http(url.to_string()))
+        } else if let Some(path) = url.strip_prefix("file://") {
+            Ok(Source::Local(PathBuf::from(path)))
+        } else if url.starts_with('/') {
+            Ok(Source::Local(PathBuf::from(url)))
+        } else {
+            bail!("'{url}' is not an https://, http://, file:// URL or an absolute path")
+        }
+    }
+
+    pub fn file_name(&self) -> Result<String> {
+        let text = match self {
+            Source::Https(u) | Source::Http(u) => {
+                u.split(['?', '#']).next().unwrap_or(u).to_string()
+            }
+            Source::Local(p) => p.to_string_lossy().into_owned(),
+        };
+        let name = text.rsplit('/').next().unwrap_or_default();
+        if name.is_empty() || name == "." || name == ".." {
+            bail!("'{text}' does not end in a file name");
+        }
+        Ok(name.to_string())
+    }
+}
+
+pub struct Fetcher<'a> {
+    pub cache_dir: &'a Path,
+    pub locks: &'a Locks,
+    pub allow_unverified: bool,
+    pub log: &'a dyn Fn(&str),
+}
+
+const ATTEMPTS: u32 = 3;
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+enum Attempt {
+    NotFound,
+    Failed(anyhow::Error),
+}
+
+impl Fetcher<'_> {
+    /// Gives a verified local copy of the first candidate that exists.
+    pub fn obtain(
+        &self,
+        candidates: &[Source],
+        configured_digest: Option<&str>,
+    ) -> Result<Runfile> {
+        let mut not_found = Vec::new();
+        for source in candidates {
+            match self.obtain_one(source, configured_digest) {
+                Ok(runfile) => return Ok(runfile),
+                Err(Attempt::NotFound) => not_found.push(describe(source)),
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        Err(anyhow!(
+            "runfile not found (404) at {}",
+            not_found.join(" nor ")
+        ))
+    }
+
+    fn obtain_one(&self, source: &Source, configured: Option<&str>) -> Result<Runfile, Attempt> {
+        let name = source.file_name().map_err(Attempt::Failed)?;
+        let url = match source {
+            Source::Local(path) => {
+                return self.local(path, &name, configured).map_err(Attempt::Failed)
+            }
+            Source::Https(u) | Source::Http(u) => u,
+        };
+        let _guard = self
+            .locks
+            .download(self.cache_dir, &name)
+            .map_err(Attempt::Failed)?;
+        let cached = self.cache_dir.join(&name);
+        if let Some(runfile) = self
+            .reuse(&cached, &name, configured)
+            .map_err(Attempt::Failed)?
+        {
+            return Ok(runfile);
+        }
+        let expected = match configured {
+            Some(d) => Some(d.to_string()),
+            None if matches!(source, Source::Https(_)) => {
+                self.published_digest(url).map_err(Attempt::Failed)?
+            }
+            None => None,
+        };
+        if expected.is_none() && !self.allow_unverified {
+            return Err(Attempt::Failed(anyhow!(
+                "no trusted sha256 for {url}: {}; set runfile_sha256 in the configuration \
+                 (or allow_unverified_download: true to accept it unverified)",
+                if matches!(source, Source::Http(_)) {
+                    "over plain http only a configured digest counts"
+                } else {
+                    "NVIDIA publishes no .sha256sum beside it"
+                }
+            )));
+        }
+        self.download(url, &cached, &name, expected.as_deref())
+    }
+
+    fn local(&self, path: &Path, name: &str, configured: Option<&str>) -> Result<Runfile> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("runfile {}", path.display()))?
+            .len();
+        if let Some(expected) = configured {
+            let actual = hash_file(path)?;
+            if actual != expected {
+                bail!(
+                    "sha256 mismatch for {}: expected {expected}, got {actual}",
+                    path.display()
+                );
+            }
+        }
+        Ok(Runfile {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            size,
+        })
+    }
+
+    /// A cached file counts only with the digest it was verified against
+    /// beside it, and only while it still hashes to that digest.
+    fn reuse(
+        &self,
+        cached: &Path,
+        name: &str,
+        configured: Option<&str>,
+    ) -> Result<Option<Runfile>> {
+        let digest_file = digest_path(cached);
+        let (Ok(meta), Ok(recorded)) = (
+            std::fs::symlink_metadata(cached),
+            std::fs::read_to_string(&digest_file),
+        ) else {
+            return Ok(None);
+        };
+        if !meta.is_file() {
+            bail!("{} is not a regular file; remove it", cached.display());
+        }
+        fsutil::check_trusted(cached)?;
+        let recorded = recorded.trim().to_string();
+        if configured.is_some_and(|c| c != recorded) {
+            (self.log)(&format!(
+                "cached {name} has another digest than configured; fetching again"
+            ));
+            return Ok(None);
+        }
+        if hash_file(cached)? != recorded {
+            (self.log)(&format!(
+                "cached {name} no longer matches its digest; fetching again"
+            ));
+            return Ok(None);
+        }
+        (self.log)(&format!("using cached {}", cached.display()));
+        Ok(Some(Runfile {
+            path: cached.to_path_buf(),
+            name: name.to_string(),
+            size: meta.len(),
+        }))
+    }
+
+    /// NVIDIA's `<runfile>.sha256sum` (`<hex>  <name>`), None when absent.
+    fn published_digest(&self, url: &str) -> Result<Option<String>> {
+        let sum_url = format!("{url}.sha256sum");
+        let response = match get_with_retries(&sum_url, self.log) {
+            Ok(r) => r,
+            Err(Attempt::NotFound) => return Ok(None),
+            Err(Attempt::Failed(e)) => return Err(e),
+        };
+        let mut text = String::new();
+        response
+            .into_reader()
+            .take(4096)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {sum_url}"))?;
+        let digest = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("{sum_url} does not hold a sha256 digest");
+        }
+        Ok(Some(digest))
+    }
+
+    fn download(
+        &self,
+        url: &str,
+        cached: &Path,
+        name: &str,
+        expected: Option<&str>,
+    ) -> Result<Runfile, Attempt> {
+        let partial = self.cache_dir.join(format!(".{name}.partial"));
+        let result = (|| {
+            let mut last_error = None;
+            for attempt in 1..=ATTEMPTS {
+                if attempt > 1 {
+                    std::thread::sleep(backoff(attempt));
+                }
+                let response = match get_with_retries(url, self.log) {
+                    Ok(r) => r,
+                    Err(e) => return Err(e),
+                };
+                match self.stream(response, url, &partial) {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(e) => {
+                        (self.log)(&format!(
+                            "download of {url} broke off (attempt {attempt}/{ATTEMPTS}): {e:#}"
+                        ));
+                        last_error = Some(e);
+                    }
+                }
+            }
+            Err(Attempt::Failed(
+                last_error.unwrap_or_else(|| anyhow!("download failed")),
+            ))
+        })();
+        let (actual, size) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        if let Some(expected) = expected {
+            if actual != expected {
+                let _ = std::fs::remove_file(&partial);
+                return Err(Attempt::Failed(anyhow!(
+                    "sha256 mismatch for {url}: expected {expected}, got {actual}; the file was discarded"
+                )));
+            }
+        }
+        let finish = || -> Result<()> {
+            fsutil::write_atomic(&digest_path(cached), actual.as_bytes(), 0o600)?;
+            std::fs::rename(&partial, cached)
+                .with_context(|| format!("renaming into {}", cached.display()))
+        };
+        finish().map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            Attempt::Failed(e)
+        })?;
+        (self.log)(&format!(
+            "downloaded {name} ({} MB), sha256 {actual}",
+            size / 1_000_000
+        ));
+        Ok(Runfile {
+            path: cached.to_path_buf(),
+            name: name.to_string(),
+            size,
+        })
+    }
+
+    fn stream(&self, response: ureq::Response, url: &str, partial: &Path) -> Result<(String, u64)> {
+        let total: Option<u64> = response
+            .header("Content-Length")
+            .and_then(|l| l.parse().ok());
+        let _ = std::fs::remove_file(partial);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let mut reader = response.into_reader();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done: u64 = 0;
+        let started = Instant::now();
+        let mut last_report = started;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .with_context(|| format!("reading {url}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", partial.display()))?;
+            done += n as u64;
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                (self.log)(&progress(done, total, started.elapsed()));
+            }
+        }
+        if let Some(total) = total {
+            if done != total {
+                bail!("{url}: got {done} of {total} bytes");
+            }
+        }
+        out.sync_all()
+            .with_context(|| format!("writing {}", partial.display()))?;
+        Ok((hex(&hasher.finalize()), done))
+    }
+}
+
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Https(u) | Source::Http(u) => u.clone(),
+        Source::Local(p) => p.display().to_string(),
+    }
+}
+
+fn progress(done: u64, total: Option<u64>, elapsed: Duration) -> String {
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001) / 1e6;
+    match total {
+        Some(t) if t > 0 => format!(
+            "download: {}% of {} MB at {rate:.1} MB/s",
+            done * 100 / t,
+            t / 1_000_000
+        ),
+        _ => format!("download: {} MB at {rate:.1} MB/s", done / 1_000_000),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(20))
+        .timeout_read(Duration::from_secs(60))
+        .try_proxy_from_env(true)
+        .build()
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1 << (attempt - 1).min(4))
+}
+
+/// A request with bounded retries: 404 is an answer, other 4xx are final,
+/// 5xx and transport errors are retried with backoff.
+fn get_with_retries(url: &str, log: &dyn Fn(&str)) -> Result<ureq::Response, Attempt> {
+    let mut attempt = 1;
+    loop {
+        match agent().get(url).call() {
+            Ok(r) => return Ok(r),
+            Err(ureq::Error::Status(404, _)) => return Err(Attempt::NotFound),
+            Err(ureq::Error::Status(code, _)) if code < 500 => {
+                return Err(Attempt::Failed(anyhow!("{url}: HTTP {code}")))
+            }
+            Err(e) if attempt >= ATTEMPTS => {
+                return Err(Attempt::Failed(anyhow!(
+                    "{url}: {e} (after {ATTEMPTS} attempts)"
+                )))
+            }
+            Err(e) => {
+                log(&format!("{url}: {e}; retrying"));
+                std::thread::sleep(backoff(attempt));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn digest_path(cached: &Path) -> PathBuf {
+    let mut name = cached.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    cached.with_file_name(name)
+}
+
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            Source::parse("/srv/a.run").unwrap(),
+            Source::Local("/srv/a.run".into())
+        );
+        assert_eq!(
+            Source::parse("file:///srv/a.run").unwrap(),
+            Source::Local("/srv/a.run".into())
+        );
+        assert!(matches!(
+            Source::parse("https://h/x/a.run").unwrap(),
+            Source::Https(_)
+        ));
+        assert!(Source::parse("ftp://h/a.run").is_err());
+        assert_eq!(
+            Source::parse("https://h/x/a.run?token=1")
+                .unwrap()
+                .file_name()
+                .unwrap(),
+            "a.run"
+        );
+        assert!(Source::parse("https://h/x/").unwrap().file_name().is_err());
+        assert!(Source::parse("https://h/x/..")
+            .unwrap()
+            .file_name()
+            .is_err());
+    }
+
+    #[test]
+    fn hashing() {
+        let p = std::env::temp_dir().join(format!("pnh-hash-{}", std::process::id()));
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+}
