@@ -77,7 +77,8 @@ fn stage<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     let secs = started.elapsed().as_secs_f64();
     match &result {
         Ok(_) => log::info!("stage {name}: done in {secs:.1}s"),
-        Err(e) => log::error!("stage {name}: failed after {secs:.1}s: {e:#}"),
+        // The error itself is reported once, with its whole chain, by the caller.
+        Err(_) => log::warn!("stage {name}: failed after {secs:.1}s"),
     }
     result.with_context(|| format!("stage {name}"))
 }

@@ -40,12 +40,14 @@ pub fn detect(root: &RootFs) -> InstalledDriver {
         Ok(None) if root.kind("/var/lib/nvidia") == Kind::Symlink => {
             return InstalledDriver::Broken("/var/lib/nvidia is a symlink".into())
         }
-        Ok(None) => return match nvml_library_versions(root).first() {
-            Some(v) => InstalledDriver::Broken(format!(
+        Ok(None) => {
+            return match nvml_library_versions(root).first() {
+                Some(v) => InstalledDriver::Broken(format!(
                 "libnvidia-ml.so.{v} present without an installer record (distribution packages?)"
             )),
-            None => InstalledDriver::Absent,
-        },
+                None => InstalledDriver::Absent,
+            }
+        }
         Err(e) => return InstalledDriver::Broken(format!("{INSTALLER_RECORD}: {e}")),
     };
     let text = String::from_utf8_lossy(&record);

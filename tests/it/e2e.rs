@@ -1,0 +1,1 @@
+//! Real LXC containers: see issue 3.

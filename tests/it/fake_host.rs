@@ -1,0 +1,676 @@
+//! The binary against a fake host: `paths` point at temporary folders, a
+//! fake `lxc-attach` on PATH emulates the container over a directory, and a
+//! shell stand-in plays the NVIDIA runfile.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, text, write, FileServer, TempDir};
+
+const V1: &str = "550.54.14";
+const V2: &str = "550.90.07";
+
+struct FakeHost {
+    dir: TempDir,
+    config: Value,
+}
+
+impl FakeHost {
+    fn new() -> FakeHost {
+        let dir = TempDir::new("fake");
+        let d = dir.path();
+        for tool in ["lxc-attach", "lxc-info"] {
+            let target = d.join("bin").join(tool);
+            write(
+                &target,
+                std::fs::read(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fakes")
+                        .join(tool),
+                )
+                .unwrap(),
+            );
+            set_mode(&target, 0o755);
+        }
+        write(&d.join("calls.log"), "");
+        let host = FakeHost {
+            config: json!({
+                "background": false,
+                "dependencies": ["kmod"],
+                "runfile_url": format!("{}/runfiles/NVIDIA-Linux-x86_64-{{version}}.run", d.display()),
+                "paths": {
+                    "pve": d.join("pve"), "sys": d.join("sys"), "proc": d.join("proc"),
+                    "cache": d.join("cache"), "lock": d.join("lock"), "log": d.join("log"),
+                },
+            }),
+            dir,
+        };
+        host.set_host_version(V1);
+        host.runfile(V1, false);
+        host.write_config();
+        host
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.path().join("config.json")
+    }
+
+    fn write_config(&self) {
+        write(
+            &self.config_path(),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        );
+    }
+
+    fn set(&mut self, key: &str, value: Value) {
+        self.config[key] = value;
+        self.write_config();
+    }
+
+    fn set_host_version(&self, v: &str) {
+        write(
+            &self.path().join("sys/module/nvidia/version"),
+            format!("{v}\n"),
+        );
+    }
+
+    fn runfile(&self, version: &str, fail: bool) -> PathBuf {
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/runfile.sh"),
+        )
+        .unwrap();
+        let fail = if fail {
+            "echo 'ERROR: Unable to load the kernel module' >> \"$log\"; exit 1"
+        } else {
+            ""
+        };
+        let path = self
+            .path()
+            .join(format!("runfiles/NVIDIA-Linux-x86_64-{version}.run"));
+        write(
+            &path,
+            template
+                .replace("@VERSION@", version)
+                .replace("@FAIL@", fail),
+        );
+        path
+    }
+
+    /// A running container: its config, its root, and the cgroup and /proc
+    /// entries through which the hook finds its init.
+    fn container(&self, vmid: u32, conf: &str) -> PathBuf {
+        let d = self.path();
+        write(&d.join(format!("pve/lxc/{vmid}.conf")), conf);
+        let root = self.ct(vmid);
+        for f in [
+            "usr/bin/dpkg-query",
+            "usr/bin/apt-get",
+            "dev/nvidia0",
+            "dev/nvidiactl",
+        ] {
+            write(&root.join(f), "");
+        }
+        std::fs::create_dir_all(root.join("var/tmp")).unwrap();
+        write(
+            &d.join(format!("sys/fs/cgroup/lxc/{vmid}/cgroup.procs")),
+            format!("{vmid}\n"),
+        );
+        write(
+            &d.join(format!("proc/{vmid}/status")),
+            format!("Name:\tinit\nNSpid:\t{vmid}\t1\n"),
+        );
+        std::os::unix::fs::symlink(&root, d.join(format!("proc/{vmid}/root"))).unwrap();
+        root
+    }
+
+    fn ct(&self, vmid: u32) -> PathBuf {
+        self.path().join(format!("ct{vmid}"))
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        support::run(args, Some(&self.path().join("bin")), &self.config_path())
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path().join("calls.log"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn installer_runs(&self, vmid: u32) -> usize {
+        std::fs::read_to_string(self.ct(vmid).join("var/log/nvidia-installer.log"))
+            .map(|l| l.lines().filter(|l| l.starts_with("installer run")).count())
+            .unwrap_or(0)
+    }
+
+    fn status_json(&self, vmid: u32) -> Value {
+        let out = self.run(&["status", "--json", &vmid.to_string()]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+const TAGGED: &str = "arch: amd64\nhostname: gpu\nostype: debian\ntags: ml;nvidia\n";
+
+#[test]
+fn fresh_install_then_up_to_date_without_any_container_command() {
+    let host = FakeHost::new();
+    host.container(101, TAGGED);
+    let out = host.run(&["101", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    for stage in ["runfile", "cleanup", "dependencies", "driver", "verify"] {
+        assert!(
+            log.contains(&format!("stage {stage}: done in")),
+            "{stage}: {log}"
+        );
+    }
+    assert!(log.contains("CT 101:"), "lines name the container: {log}");
+    let ct = host.ct(101);
+    assert_eq!(
+        std::fs::read_to_string(ct.join("usr/bin/nvidia-smi"))
+            .unwrap()
+            .trim(),
+        V1
+    );
+    assert!(ct
+        .join(format!("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.{V1}"))
+        .is_file());
+    assert_eq!(
+        std::fs::read_dir(ct.join("var/tmp")).unwrap().count(),
+        0,
+        "runfile and its folder removed"
+    );
+    assert_eq!(host.installer_runs(101), 1);
+    let calls = host.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with(
+            "sh -c umask 077 && cat > \"$1\" pve-nvidia-hook /var/tmp/pve-nvidia-hook."
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.contains("--no-kernel-module")
+            && c.contains("--tmpdir /var/tmp/pve-nvidia-hook.")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(
+            &"apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends kmod"
+                .to_string()
+        ),
+        "{calls:?}"
+    );
+
+    let status = host.status_json(101);
+    assert_eq!(status["state"], "up-to-date");
+    assert_eq!(status["container_version"], V1);
+    assert_eq!(status["host_version"], V1);
+    assert_eq!(status["requested"], true);
+    assert_eq!(status["reason"], "tag");
+    assert_eq!(status["vmid"], 101);
+
+    let verify = host.run(&["verify", "101"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+
+    let before = host.calls().len();
+    let again = host.run(&["101", "post-start"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("NVIDIA driver {V1} up to date")),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(
+        host.calls().len(),
+        before,
+        "up to date: no container command at all"
+    );
+    assert_eq!(host.installer_runs(101), 1);
+}
+
+#[test]
+fn host_upgrade_reinstalls_the_new_version() {
+    let host = FakeHost::new();
+    host.container(102, TAGGED);
+    assert!(host.run(&["102", "post-start"]).status.success());
+    host.set_host_version(V2);
+    host.runfile(V2, false);
+    assert_eq!(host.status_json(102)["state"], "mismatch");
+    let out = host.run(&["102", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("container has {V1}, host has {V2}")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.ct(102).join("usr/bin/nvidia-smi"))
+            .unwrap()
+            .trim(),
+        V2
+    );
+    assert_eq!(host.status_json(102)["state"], "up-to-date");
+}
+
+#[test]
+fn prefix_version_is_not_up_to_date() {
+    // The plan's `grep -q` took 550.54 for 550.54.14.
+    let host = FakeHost::new();
+    let ct = host.container(103, TAGGED);
+    write(&ct.join("var/lib/nvidia/log"), "1.0-55054 (550.54)\n");
+    write(
+        &ct.join("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.54"),
+        "",
+    );
+    write(&ct.join("usr/bin/nvidia-smi"), "550.54\n");
+    assert_eq!(host.status_json(103)["state"], "mismatch");
+    assert_eq!(host.status_json(103)["container_version"], "550.54");
+    let out = host.run(&["103", "post-start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(host.installer_runs(103), 1);
+}
+
+#[test]
+fn runfile_of_another_version_is_refused_before_anything_runs() {
+    let mut host = FakeHost::new();
+    host.container(104, TAGGED);
+    let other = host.runfile(V2, false);
+    host.set("runfile_url", json!(other));
+    let out = host.run(&["install", "104"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(V1) && err.contains(V2) && err.contains("refusing"),
+        "{err}"
+    );
+    assert!(
+        host.calls().is_empty(),
+        "no container command: {:?}",
+        host.calls()
+    );
+    let status = host.status_json(104);
+    assert_eq!(status["state"], "failed");
+}
+
+#[test]
+fn bad_digest_is_refused_and_never_cached() {
+    let mut host = FakeHost::new();
+    host.container(105, TAGGED);
+    let files = host.path().join("runfiles");
+    let server = FileServer::start(&files);
+    host.set(
+        "runfile_url",
+        json!(server.url("NVIDIA-Linux-x86_64-{version}.run")),
+    );
+    host.set("runfile_sha256", json!("0".repeat(64)));
+    let out = host.run(&["install", "105"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"),
+        "{}",
+        text(&out)
+    );
+    assert!(host.calls().is_empty(), "{:?}", host.calls());
+    let cached: Vec<_> = std::fs::read_dir(host.path().join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .all(|n| n.to_string_lossy().ends_with(".lock")),
+        "{cached:?}"
+    );
+}
+
+#[test]
+fn http_without_configured_digest_is_refused() {
+    let mut host = FakeHost::new();
+    host.container(106, TAGGED);
+    let server = FileServer::start(&host.path().join("runfiles"));
+    host.set(
+        "runfile_url",
+        json!(server.url("NVIDIA-Linux-x86_64-{version}.run")),
+    );
+    let out = host.run(&["install", "106"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("runfile_sha256"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(server.count(&format!("NVIDIA-Linux-x86_64-{V1}.run")), 0);
+}
+
+#[test]
+fn download_is_verified_cached_and_shared() {
+    let mut host = FakeHost::new();
+    host.container(107, TAGGED);
+    host.container(108, TAGGED);
+    let runfile = host
+        .path()
+        .join(format!("runfiles/NVIDIA-Linux-x86_64-{V1}.run"));
+    let server = FileServer::start(&host.path().join("runfiles"));
+    host.set(
+        "runfile_url",
+        json!(server.url("NVIDIA-Linux-x86_64-{version}.run")),
+    );
+    host.set(
+        "runfile_sha256",
+        json!({ V1: support::sha256_hex(&runfile) }),
+    );
+    for vmid in ["107", "108"] {
+        let out = host.run(&["107", "post-start"].map(|a| if a == "107" { vmid } else { a }));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(
+        server.count(&format!("NVIDIA-Linux-x86_64-{V1}.run")),
+        1,
+        "one download per host"
+    );
+    assert!(host
+        .path()
+        .join(format!("cache/NVIDIA-Linux-x86_64-{V1}.run"))
+        .is_file());
+    assert_eq!(host.installer_runs(107), 1);
+    assert_eq!(host.installer_runs(108), 1);
+}
+
+#[test]
+fn distribution_packages_are_purged_and_their_marker_removed() {
+    let host = FakeHost::new();
+    let ct = host.container(109, TAGGED);
+    write(
+        &ct.join("var/lib/dpkg/fake-status"),
+        "ii  bash\nii  nvidia-driver-libs\nrc  libcuda1\nii  nvidia-container-toolkit\nun  nvidia-old\n",
+    );
+    write(&ct.join("usr/lib/nvidia/alternate-install-present"), "");
+    let out = host.run(&["109", "post-start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = host.calls();
+    let purge = calls
+        .iter()
+        .find(|c| c.contains(" purge "))
+        .expect("a purge");
+    assert!(
+        purge.ends_with("purge -y --allow-change-held-packages nvidia-driver-libs libcuda1"),
+        "{purge}"
+    );
+    assert!(!ct.join("usr/lib/nvidia/alternate-install-present").exists());
+    assert_eq!(host.installer_runs(109), 1);
+}
+
+#[test]
+fn clean_container_purges_nothing() {
+    let host = FakeHost::new();
+    host.container(110, TAGGED);
+    let out = host.run(&["110", "post-start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no NVIDIA/CUDA packages to purge"));
+    assert!(!host.calls().iter().any(|c| c.contains(" purge ")));
+}
+
+#[test]
+fn failing_installer_is_reported_with_its_log_and_retried_next_start() {
+    let host = FakeHost::new();
+    host.container(111, TAGGED);
+    host.runfile(V1, true);
+    let out = host.run(&["111", "post-start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exit status 1") && err.contains("Unable to load the kernel module"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(host.ct(111).join("var/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "runfile removed after failure"
+    );
+    assert_eq!(host.status_json(111)["state"], "failed");
+    host.runfile(V1, false);
+    let retry = host.run(&["111", "post-start"]);
+    assert!(retry.status.success(), "{}", text(&retry));
+    assert_eq!(host.status_json(111)["state"], "up-to-date");
+}
+
+#[test]
+fn missing_device_node_fails_verify_but_does_not_reinstall() {
+    let host = FakeHost::new();
+    let ct = host.container(112, TAGGED);
+    std::fs::remove_file(ct.join("dev/nvidia0")).unwrap();
+    let out = host.run(&["112", "post-start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/dev/nvidia0 missing in the container"),
+        "{}",
+        text(&out)
+    );
+    let verify = host.run(&["verify", "112"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("GPU not passed through"),
+        "{}",
+        text(&verify)
+    );
+    let again = host.run(&["112", "post-start"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        host.installer_runs(112),
+        1,
+        "the driver is right; passthrough is the problem"
+    );
+}
+
+#[test]
+fn not_requested_runs_nothing() {
+    let host = FakeHost::new();
+    let ct = host.container(113, "hostname: web\nostype: debian\n");
+    let out = host.run(&["113", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    assert!(host.calls().is_empty());
+    assert!(!ct.join("usr/bin/nvidia-smi").exists());
+    assert_eq!(host.status_json(113)["state"], "not-requested");
+}
+
+#[test]
+fn requested_by_config_or_passthrough() {
+    let mut host = FakeHost::new();
+    host.container(114, "hostname: a\n");
+    host.container(115, "hostname: b\ndev0: /dev/nvidia0,gid=44\n");
+    host.container(116, "tags: nvidia\n");
+    host.set(
+        "containers",
+        json!({"114": {"nvidia": true}, "116": {"nvidia": false}}),
+    );
+    assert_eq!(host.status_json(114)["reason"], "config");
+    assert_eq!(host.status_json(115)["reason"], "passthrough");
+    assert_eq!(host.status_json(116)["requested"], false);
+}
+
+#[test]
+fn other_phases_and_unknown_phase_do_nothing() {
+    let host = FakeHost::new();
+    host.container(117, TAGGED);
+    for phase in ["pre-start", "pre-stop", "post-stop"] {
+        let out = host.run(&["117", phase]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let out = host.run(&["117", "mid-start"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown hook phase 'mid-start'"),
+        "{}",
+        text(&out)
+    );
+    assert!(host.calls().is_empty());
+}
+
+#[test]
+fn bad_vmids_are_usage_errors_that_touch_nothing() {
+    let host = FakeHost::new();
+    for vmid in ["abc", "99", "1000000000", "../101", "", "0101", "１０１"] {
+        let out = host.run(&[vmid, "post-start"]);
+        assert_eq!(out.status.code(), Some(2), "{vmid}: {}", text(&out));
+    }
+    assert!(!host.path().join("lock").exists() && !host.path().join("log").exists());
+}
+
+#[test]
+fn configuration_errors_exit_2_naming_file_and_key() {
+    let host = FakeHost::new();
+    host.container(118, TAGGED);
+    let cases = [
+        (
+            "{\"background\": false, \"bogus\": 1}",
+            "unknown field `bogus`",
+        ),
+        ("{\"cleanup\": \"yes\"}", "invalid type"),
+        ("", "empty"),
+        ("{", "EOF"),
+        ("{\"runfile_sha256\": \"xyz\"}", "runfile_sha256"),
+    ];
+    for (content, expected) in cases {
+        write(&host.config_path(), content);
+        let out = host.run(&["118", "post-start"]);
+        assert_eq!(out.status.code(), Some(2), "{content}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expected) && err.contains(&host.config_path().display().to_string()),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let missing = support::run(&["status"], None, &host.path().join("nope.json"));
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+}
+
+#[test]
+fn a_vm_is_warned_about_and_left_alone() {
+    let host = FakeHost::new();
+    write(
+        &host.path().join("pve/qemu-server/120.conf"),
+        "tags: nvidia\n",
+    );
+    let out = host.run(&["120", "post-start"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("virtual machine"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.run(&["install", "120"]).status.code(), Some(2));
+}
+
+#[test]
+fn no_host_driver_is_a_warning_in_hook_mode_and_an_error_by_hand() {
+    let host = FakeHost::new();
+    host.container(121, TAGGED);
+    std::fs::remove_file(host.path().join("sys/module/nvidia/version")).unwrap();
+    // The host's own nvidia-smi would be the last resort: make sure there is none.
+    let out = host.run(&["121", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no NVIDIA kernel module"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.run(&["install", "121"]).status.code(), Some(1));
+}
+
+#[test]
+fn host_version_from_proc_open_module() {
+    let host = FakeHost::new();
+    host.container(122, TAGGED);
+    std::fs::remove_file(host.path().join("sys/module/nvidia/version")).unwrap();
+    write(
+        &host.path().join("proc/driver/nvidia/version"),
+        format!("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {V1}  Release Build  (dvs-builder@U16)  Mon Dec  1 00:00:00 UTC 2025\n"),
+    );
+    assert_eq!(host.status_json(122)["host_version"], V1);
+}
+
+#[test]
+fn background_mode_returns_at_once_and_installs_detached() {
+    let mut host = FakeHost::new();
+    host.container(123, TAGGED);
+    host.set("background", json!(true));
+    // A slow installer, so that "installing" can be seen.
+    let runfile = host.runfile(V1, false);
+    let slow =
+        std::fs::read_to_string(&runfile)
+            .unwrap()
+            .replacen("version=", "sleep 2\nversion=", 1);
+    write(&runfile, slow);
+    let started = std::time::Instant::now();
+    let out = host.run(&["123", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // `output()` returned: stdout and stderr were closed by everything the hook started.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("install started in the background"),
+        "{}",
+        text(&out)
+    );
+    let mut seen_installing = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = host.status_json(123)["state"].as_str().unwrap().to_string();
+        seen_installing |= state == "installing";
+        if state == "up-to-date" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {state}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen_installing, "status showed installing while it ran");
+    let log = std::fs::read_to_string(host.path().join("log/123.log")).unwrap();
+    assert!(log.contains("installed and verified"), "{log}");
+}
+
+#[test]
+fn writable_config_is_refused_for_installs() {
+    let host = FakeHost::new();
+    host.container(124, TAGGED);
+    set_mode(&host.config_path(), 0o666);
+    let out = host.run(&["install", "124"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod go-w"),
+        "{}",
+        text(&out)
+    );
+    assert!(host.calls().is_empty());
+}
+
+#[test]
+fn help_and_version() {
+    let out = support::run(&["--version"], None, Path::new("/nonexistent"));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pve-nvidia-hook "));
+    let out = support::run(&[], None, Path::new("/nonexistent"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

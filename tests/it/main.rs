@@ -1,0 +1,7 @@
+//! Integration tests: they run the built binary.
+//! `fake_host` drives it against a fake host and fake containers (stand-ins
+//! on PATH); `e2e` against real LXC containers (root only).
+
+mod e2e;
+mod fake_host;
+mod support;
