@@ -1,0 +1,36 @@
+# pve-nvidia-hook
+#   make demo   the real hook against a real sandbox container (root)
+#   make test   fmt, clippy and every test (the real-container ones need root)
+#   make bench  what the hook costs per container start
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: all build release deps lint test demo bench clean
+
+all: build
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --release --locked
+
+deps:
+	.ci/deps
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test --locked
+
+demo: deps release
+	tests/e2e/demo.sh
+
+bench: deps release
+	bench/run.sh
+
+clean:
+	$(CARGO) clean
