@@ -7,26 +7,21 @@ use clap::{Args, Parser, Subcommand};
 use crate::vmid::Vmid;
 
 /// Keeps the NVIDIA user-space driver in Proxmox LXC containers in step with
-/// the host's kernel module. Registered as a container's hookscript, Proxmox
-/// runs it as `pve-nvidia-hook <vmid> <phase>`.
+/// the host's kernel module.
 #[derive(Debug, Parser)]
 #[command(
     name = "pve-nvidia-hook",
     version,
-    args_conflicts_with_subcommands = true
+    override_usage = "pve-nvidia-hook [OPTIONS] <VMID> <PHASE>\n       pve-nvidia-hook [OPTIONS] <COMMAND>",
+    after_help = "Hookscript mode: registered with `pct set <vmid> --hookscript local:snippets/pve-nvidia-hook`, \
+Proxmox runs it as `pve-nvidia-hook <VMID> <PHASE>`. Only post-start does work: it checks that the \
+container's NVIDIA user-space driver matches the host's kernel module and installs it when not, \
+in the background. pre-start, pre-stop and post-stop exit 0 at once.\n\n\
+Exit status: 0 ok or nothing to do, 1 failure at run time, 2 usage or configuration error."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-
-    /// Hookscript mode: the container's vmid, as Proxmox passes it.
-    #[arg(value_name = "VMID")]
-    pub vmid: Option<Vmid>,
-
-    /// Hookscript mode: pre-start, post-start, pre-stop or post-stop. Only
-    /// post-start does work.
-    #[arg(value_name = "PHASE", requires = "vmid")]
-    pub phase: Option<String>,
 
     /// Configuration file [default: /etc/pve-nvidia-hook/config.json; absent means all defaults]
     #[arg(
@@ -50,6 +45,20 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show each container's NVIDIA state.
     Status(StatusArgs),
+    /// `<VMID> <PHASE>`: hookscript mode, as Proxmox calls it.
+    #[command(external_subcommand)]
+    Hook(Vec<String>),
+}
+
+/// The two hookscript arguments, validated: the vmid before anything is read.
+pub fn hook_args(words: &[String]) -> Result<(Vmid, String), String> {
+    match words {
+        [vmid, phase] => Ok((vmid.parse()?, phase.clone())),
+        _ => Err(format!(
+            "hookscript mode takes exactly <VMID> <PHASE>, got {} argument(s); see --help",
+            words.len()
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

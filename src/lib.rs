@@ -39,11 +39,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Install(args)) => commands::install::run(cli.config.as_deref(), &args),
         Some(Command::Verify(args)) => commands::verify::run(cli.config.as_deref(), args.vmid),
         Some(Command::Status(args)) => commands::status::run(cli.config.as_deref(), &args),
-        None => match (cli.vmid, cli.phase) {
-            (Some(vmid), Some(phase)) => commands::hook::run(cli.config.as_deref(), vmid, &phase),
-            _ => Err(error::usage(
-                "expected <VMID> <PHASE> (hookscript mode) or a subcommand; see --help",
-            )),
-        },
+        Some(Command::Hook(words)) => {
+            let (vmid, phase) = cli::hook_args(&words).map_err(error::usage)?;
+            commands::hook::run(cli.config.as_deref(), vmid, &phase)
+        }
+        None => Err(error::usage(
+            "expected <VMID> <PHASE> (hookscript mode) or a command; see --help",
+        )),
     }
 }
