@@ -442,6 +442,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let c = parse(include_str!("../examples/config.json")).unwrap();
+        let s = c.settings_for(vmid(101), None);
+        assert!(s.cuda.is_some());
+        assert!(!c.settings_for(vmid(102), None).background);
+        assert_eq!(c.overrides(vmid(103)).and_then(|o| o.nvidia), Some(false));
+    }
+
+    #[test]
     fn phoenix_entry_and_root_url() {
         let dir = std::env::temp_dir().join(format!("pnh-phoenix-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

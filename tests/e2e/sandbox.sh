@@ -6,7 +6,7 @@
 # NVIDIA runfile (a makeself archive that behaves like the real one).
 #
 #   sandbox.sh base                         cached Debian 12 root; prints its path
-#   sandbox.sh runfile VERSION DIR [fail]   builds DIR/NVIDIA-Linux-x86_64-VERSION.run
+#   sandbox.sh runfile VERSION DIR [fail|slow]  builds DIR/NVIDIA-Linux-x86_64-VERSION.run
 #   sandbox.sh cuda-runfile DIR             builds DIR/cuda_12.4.1_550.54.15_linux.run
 #   sandbox.sh nvidia-deb DIR               builds DIR/nvidia-driver-libs_1.0_all.deb
 #   sandbox.sh host-version WORK VERSION    the host "loads" driver VERSION
@@ -60,11 +60,11 @@ runfile() {
     stage=$(mktemp -d)
     header "$stage.header"
     sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-installer" > "$stage/nvidia-installer"
-    if [ "$mode" = fail ]; then
-        sed -i 's/^@FAIL@$/fail "Unable to load the kernel module nvidia.ko (stand-in failure)"/' "$stage/nvidia-installer"
-    else
-        sed -i '/^@FAIL@$/d' "$stage/nvidia-installer"
-    fi
+    case "$mode" in
+        fail) sed -i 's/^@FAIL@$/fail "Unable to load the kernel module nvidia.ko (stand-in failure)"/' "$stage/nvidia-installer" ;;
+        slow) sed -i 's/^@FAIL@$/sleep 5/' "$stage/nvidia-installer" ;;
+        *) sed -i '/^@FAIL@$/d' "$stage/nvidia-installer" ;;
+    esac
     sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-smi" > "$stage/nvidia-smi"
     cp "$here/stand-in/nvidia-uninstall" "$stage/"
     chmod 755 "$stage"/*
