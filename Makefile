@@ -6,7 +6,11 @@
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all build release deps lint test demo bench clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+BUILDDIR := target/deb/pve-nvidia-hook-$(VERSION)
+DEB := target/deb/pve-nvidia-hook_$(VERSION)_amd64.deb
+
+.PHONY: all build release deps lint test demo bench deb clean
 
 all: build
 
@@ -27,8 +31,8 @@ lint: deps
 # (as in CI) they run. Without root they show as "ignored", never as passed.
 E2E := $(shell [ "$$(id -u)" = 0 ] && echo --include-ignored)
 
-test: lint
-	@[ -n "$(E2E)" ] || echo "make test: not root, so the real-container tests are ignored (listed as ignored below)"
+test: lint $(if $(E2E),deb)
+	@[ -n "$(E2E)" ] || echo "make test: not root, so the real-container and package tests are ignored (listed as ignored below)"
 	$(CARGO) test --locked -- $(E2E)
 
 demo: deps release
@@ -36,6 +40,18 @@ demo: deps release
 
 bench: deps release
 	bench/run.sh
+
+# The package, built from the tracked files in a copy of the tree (as
+# Proxmox's own packages are), then checked with lintian. The version comes
+# from Cargo.toml; debian/changelog must agree.
+deb: deps
+	@changelog=$$(dpkg-parsechangelog -S Version); \
+	[ "$$changelog" = "$(VERSION)" ] || { echo "version mismatch: Cargo.toml $(VERSION), debian/changelog $$changelog" >&2; exit 1; }
+	rm -rf target/deb
+	mkdir -p $(BUILDDIR)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp -a --parents -t $(BUILDDIR)
+	cd $(BUILDDIR) && dpkg-buildpackage -us -uc -b
+	lintian -EvIL +pedantic --fail-on error,warning target/deb/pve-nvidia-hook_$(VERSION)_amd64.changes
 
 clean:
 	$(CARGO) clean

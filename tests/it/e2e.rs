@@ -24,13 +24,13 @@ fn sandbox_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/sandbox.sh")
 }
 
-fn sh(args: &[&str]) -> Output {
+pub fn sh(args: &[&str]) -> Output {
     let out = Command::new(sandbox_script()).args(args).output().unwrap();
     assert!(out.status.success(), "sandbox.sh {args:?}: {}", text(&out));
     out
 }
 
-struct Sandbox {
+pub struct Sandbox {
     work: TempDir,
     server: FileServer,
     config: Value,
@@ -39,7 +39,7 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    fn new(tag: &str) -> Sandbox {
+    pub fn new(tag: &str) -> Sandbox {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
             rustix::process::geteuid().is_root(),
@@ -106,7 +106,7 @@ impl Sandbox {
         self.write_config();
     }
 
-    fn up(&mut self, vmid: u32, gpu: bool, tags: &str) {
+    pub fn up(&mut self, vmid: u32, gpu: bool, tags: &str) {
         self.vmids.push(vmid);
         let gpu = if gpu { "gpu" } else { "nogpu" };
         sh(&[
@@ -131,7 +131,7 @@ impl Sandbox {
     }
 
     /// Runs a command inside the container, for the tests' own checks.
-    fn inside(&self, vmid: u32, argv: &[&str]) -> Output {
+    pub fn inside(&self, vmid: u32, argv: &[&str]) -> Output {
         Command::new("lxc-attach")
             .args(["-n", &vmid.to_string(), "--"])
             .args(argv)
@@ -139,7 +139,7 @@ impl Sandbox {
             .unwrap()
     }
 
-    fn inside_ok(&self, vmid: u32, argv: &[&str]) -> String {
+    pub fn inside_ok(&self, vmid: u32, argv: &[&str]) -> String {
         let out = self.inside(vmid, argv);
         assert!(out.status.success(), "{argv:?} in {vmid}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()

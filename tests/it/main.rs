@@ -1,7 +1,9 @@
 //! Integration tests: they run the built binary.
 //! `fake_host` drives it against a fake host and fake containers (stand-ins
-//! on PATH); `e2e` against real LXC containers (root only).
+//! on PATH); `e2e` against real LXC containers and `package` installs the
+//! built .deb into one (root only).
 
 mod e2e;
 mod fake_host;
+mod package;
 mod support;

@@ -1,0 +1,143 @@
+//! The built package (`make deb`) installed into a clean Debian 12 container
+//! of the sandbox, used, removed and purged.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::e2e::Sandbox;
+use crate::support::text;
+
+fn deb() -> PathBuf {
+    let deb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "target/deb/pve-nvidia-hook_{}_amd64.deb",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(
+        deb.is_file(),
+        "{} is missing: run `make deb` (make test does, as root)",
+        deb.display()
+    );
+    deb
+}
+
+#[test]
+#[ignore = "needs root, LXC and the built package; `make test` as root runs it"]
+fn package_installs_works_and_leaves_nothing_behind() {
+    let deb = deb();
+    let mut sb = Sandbox::new("package");
+    sb.up(9120, false, "");
+    let mut push = Command::new("lxc-attach")
+        .args([
+            "-n",
+            "9120",
+            "--",
+            "sh",
+            "-c",
+            "cat > /root/pve-nvidia-hook.deb",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    push.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&std::fs::read(&deb).unwrap())
+        .unwrap();
+    drop(push.stdin.take());
+    assert!(push.wait().unwrap().success());
+
+    let install = sb.inside(
+        9120,
+        &[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "/root/pve-nvidia-hook.deb",
+            "man-db",
+        ],
+    );
+    assert!(install.status.success(), "{}", text(&install));
+
+    let version = sb.inside_ok(9120, &["pve-nvidia-hook", "--version"]);
+    assert_eq!(
+        version.trim(),
+        format!("pve-nvidia-hook {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        sb.inside_ok(9120, &["man", "-w", "pve-nvidia-hook"]).trim(),
+        "/usr/share/man/man1/pve-nvidia-hook.1.gz"
+    );
+    assert!(sb
+        .inside_ok(
+            9120,
+            &[
+                "cat",
+                "/usr/share/bash-completion/completions/pve-nvidia-hook"
+            ]
+        )
+        .contains("verify"));
+
+    // The snippet as a guest references it, against a config that requests nothing.
+    sb.inside_ok(
+        9120,
+        &["sh", "-c", "mkdir -p /etc/pve/lxc /var/lib/vz/snippets && echo 'hostname: web' > /etc/pve/lxc/100.conf && cp /usr/share/pve-nvidia-hook/pve-nvidia-hook /var/lib/vz/snippets/"],
+    );
+    let hook = sb.inside(
+        9120,
+        &["/var/lib/vz/snippets/pve-nvidia-hook", "100", "post-start"],
+    );
+    assert_eq!(hook.status.code(), Some(0), "{}", text(&hook));
+    assert!(hook.stderr.is_empty(), "{}", text(&hook));
+
+    let files = sb.inside_ok(
+        9120,
+        &[
+            "sh",
+            "-c",
+            "dpkg -L pve-nvidia-hook | while read -r f; do [ -d \"$f\" ] || echo \"$f\"; done",
+        ],
+    );
+    let files: Vec<&str> = files.lines().collect();
+    assert!(files.contains(&"/usr/bin/pve-nvidia-hook"), "{files:?}");
+    sb.inside_ok(9120, &["sh", "-c", "echo runtime > /var/cache/pve-nvidia-hook/x.run && echo log > /var/log/pve-nvidia-hook/100.log"]);
+
+    let remove = sb.inside(9120, &["dpkg", "-r", "pve-nvidia-hook"]);
+    assert!(remove.status.success(), "{}", text(&remove));
+    let dangling = sb.inside(
+        9120,
+        &["/var/lib/vz/snippets/pve-nvidia-hook", "100", "post-start"],
+    );
+    assert_eq!(
+        dangling.status.code(),
+        Some(0),
+        "the guest still starts: {}",
+        text(&dangling)
+    );
+    assert!(
+        String::from_utf8_lossy(&dangling.stderr).contains("is not installed"),
+        "{}",
+        text(&dangling)
+    );
+    assert!(
+        sb.inside_ok(9120, &["cat", "/etc/pve/lxc/100.conf"])
+            .contains("hostname: web"),
+        "/etc/pve untouched"
+    );
+
+    let purge = sb.inside(9120, &["dpkg", "-P", "pve-nvidia-hook"]);
+    assert!(purge.status.success(), "{}", text(&purge));
+    for f in files
+        .iter()
+        .chain(["/var/cache/pve-nvidia-hook", "/var/log/pve-nvidia-hook"].iter())
+    {
+        assert!(
+            !sb.inside(9120, &["test", "-e", f]).status.success(),
+            "{f} left behind after purge"
+        );
+    }
+}
