@@ -120,6 +120,12 @@ pub struct Config {
     pub max_concurrent_installs: Option<u32>,
     /// Seconds one installer run may take before it is killed.
     pub installer_timeout_secs: Option<u64>,
+    /// Seconds any other command in the container (nvidia-smi, dpkg-query,
+    /// mktemp, rm) may take.
+    pub command_timeout_secs: Option<u64>,
+    /// Seconds a download may stall (connect, or no data) before the attempt
+    /// is abandoned and retried.
+    pub download_timeout_secs: Option<u64>,
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
@@ -180,8 +186,14 @@ impl Config {
         if self.max_concurrent_installs == Some(0) {
             anyhow::bail!("max_concurrent_installs: must be at least 1");
         }
-        if self.installer_timeout_secs == Some(0) {
-            anyhow::bail!("installer_timeout_secs: must be at least 1");
+        for (key, value) in [
+            ("installer_timeout_secs", self.installer_timeout_secs),
+            ("command_timeout_secs", self.command_timeout_secs),
+            ("download_timeout_secs", self.download_timeout_secs),
+        ] {
+            if value == Some(0) {
+                anyhow::bail!("{key}: must be at least 1");
+            }
         }
         Ok(())
     }
@@ -215,6 +227,8 @@ impl Config {
             allow_unverified_download: self.allow_unverified_download,
             max_concurrent_installs: self.max_concurrent_installs.unwrap_or(2),
             installer_timeout_secs: self.installer_timeout_secs.unwrap_or(1800),
+            command_timeout_secs: self.command_timeout_secs.unwrap_or(60),
+            download_timeout_secs: self.download_timeout_secs.unwrap_or(60),
         }
     }
 }
@@ -292,6 +306,8 @@ pub struct Settings {
     pub allow_unverified_download: bool,
     pub max_concurrent_installs: u32,
     pub installer_timeout_secs: u64,
+    pub command_timeout_secs: u64,
+    pub download_timeout_secs: u64,
 }
 
 impl Settings {

@@ -26,7 +26,6 @@ pub struct Job<'a> {
 }
 
 const APT_TIMEOUT: Duration = Duration::from_secs(1200);
-const QUICK: Duration = Duration::from_secs(60);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(900);
 /// A runfile needs room for itself plus its extraction (about twice its size).
 const SPACE_FACTOR: u64 = 3;
@@ -66,7 +65,7 @@ pub fn run(job: &Job) -> Result<()> {
         stage("cuda", || install_cuda(job, cuda))?;
     }
     stage("verify", || {
-        verify(job.exec, job.root, job.host, job.settings.cuda.is_some()).map(|_| ())
+        verify(job.exec, job.root, job.host, job.settings).map(|_| ())
     })
 }
 
@@ -106,8 +105,15 @@ fn obtain_driver_runfile(job: &Job) -> Result<Runfile> {
     )
 }
 
-fn in_ct(job: &Job, argv: &[&str], timeout: Duration) -> Result<crate::process::Output> {
-    job.exec.exec(ContainerCommand::new(argv, timeout))
+impl Job<'_> {
+    /// The time limit for quick commands in the container.
+    fn quick(&self) -> Duration {
+        Duration::from_secs(self.settings.command_timeout_secs)
+    }
+}
+
+fn in_ct(job: &Job, argv: &[&str]) -> Result<crate::process::Output> {
+    job.exec.exec(ContainerCommand::new(argv, job.quick()))
 }
 
 fn must(job: &Job, cmd: ContainerCommand) -> Result<crate::process::Output> {
@@ -134,7 +140,6 @@ fn cleanup(job: &Job) -> Result<()> {
         let out = in_ct(
             job,
             &["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Package}\n"],
-            QUICK,
         )?;
         if !out.success() {
             bail!(
@@ -179,7 +184,7 @@ fn cleanup(job: &Job) -> Result<()> {
     }
     let mut argv = vec!["rm", "-rf", "--"];
     argv.extend(remnants);
-    must(job, ContainerCommand::new(&argv, QUICK))?;
+    must(job, ContainerCommand::new(&argv, job.quick()))?;
     Ok(())
 }
 
@@ -231,7 +236,7 @@ fn push_and_run(
         job,
         ContainerCommand::new(
             &["mktemp", "-d", &format!("{WORKDIR_PREFIX}XXXXXXXX")],
-            QUICK,
+            job.quick(),
         ),
     )?;
     let dir = out.stdout_text().trim().to_string();
@@ -246,7 +251,7 @@ fn push_and_run(
         );
     }
     let result = push_and_run_in(job, runfile, args, timeout, label, &dir);
-    let removed = in_ct(job, &["rm", "-rf", "--", &dir], QUICK);
+    let removed = in_ct(job, &["rm", "-rf", "--", &dir]);
     if !removed.as_ref().is_ok_and(|o| o.success()) {
         log::warn!("could not remove {dir} in the container");
     }
@@ -341,15 +346,16 @@ pub fn verify(
     exec: &dyn Exec,
     root: &RootFs,
     host: &DriverVersion,
-    cuda: bool,
+    settings: &Settings,
 ) -> Result<DriverVersion> {
+    let quick = Duration::from_secs(settings.command_timeout_secs);
     let out = exec.exec(ContainerCommand::new(
         &[
             "nvidia-smi",
             "--query-gpu=driver_version",
             "--format=csv,noheader",
         ],
-        QUICK,
+        quick,
     ))?;
     if !out.success() {
         let missing: Vec<&str> = REQUIRED_NODES
@@ -375,10 +381,10 @@ pub fn verify(
     if &reported != host {
         bail!("nvidia-smi in the container reports {reported}, the host's module is {host}");
     }
-    if cuda {
+    if settings.cuda.is_some() {
         let out = exec.exec(ContainerCommand::new(
             &["/usr/local/cuda/bin/nvcc", "--version"],
-            QUICK,
+            quick,
         ))?;
         if !out.success() {
             bail!(

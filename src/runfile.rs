@@ -65,6 +65,8 @@ pub struct Fetcher<'a> {
     pub cache_dir: &'a Path,
     pub locks: &'a Locks,
     pub allow_unverified: bool,
+    /// How long a connection may stall before the attempt is abandoned.
+    pub stall_timeout: Duration,
     pub log: &'a dyn Fn(&str),
 }
 
@@ -200,7 +202,7 @@ impl Fetcher<'_> {
     /// NVIDIA's `<runfile>.sha256sum` (`<hex>  <name>`), None when absent.
     fn published_digest(&self, url: &str) -> Result<Option<String>> {
         let sum_url = format!("{url}.sha256sum");
-        let response = match get_with_retries(&sum_url, self.log) {
+        let response = match get_with_retries(&self.agent(), &sum_url, self.log) {
             Ok(r) => r,
             Err(Attempt::NotFound) => return Ok(None),
             Err(Attempt::Failed(e)) => return Err(e),
@@ -236,7 +238,7 @@ impl Fetcher<'_> {
                 if attempt > 1 {
                     std::thread::sleep(backoff(attempt));
                 }
-                let response = match get_with_retries(url, self.log) {
+                let response = match get_with_retries(&self.agent(), url, self.log) {
                     Ok(r) => r,
                     Err(e) => return Err(e),
                 };
@@ -352,12 +354,14 @@ fn progress(done: u64, total: Option<u64>, elapsed: Duration) -> String {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(20))
-        .timeout_read(Duration::from_secs(60))
-        .try_proxy_from_env(true)
-        .build()
+impl Fetcher<'_> {
+    fn agent(&self) -> ureq::Agent {
+        ureq::AgentBuilder::new()
+            .timeout_connect(self.stall_timeout)
+            .timeout_read(self.stall_timeout)
+            .try_proxy_from_env(true)
+            .build()
+    }
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -366,26 +370,33 @@ fn backoff(attempt: u32) -> Duration {
 
 /// A request with bounded retries: 404 is an answer, other 4xx are final,
 /// 5xx and transport errors are retried with backoff.
-fn get_with_retries(url: &str, log: &dyn Fn(&str)) -> Result<ureq::Response, Attempt> {
+fn get_with_retries(
+    agent: &ureq::Agent,
+    url: &str,
+    log: &dyn Fn(&str),
+) -> Result<ureq::Response, Attempt> {
     let mut attempt = 1;
     loop {
-        match agent().get(url).call() {
+        let error = match agent.get(url).call() {
             Ok(r) => return Ok(r),
             Err(ureq::Error::Status(404, _)) => return Err(Attempt::NotFound),
             Err(ureq::Error::Status(code, _)) if code < 500 => {
                 return Err(Attempt::Failed(anyhow!("{url}: HTTP {code}")))
             }
-            Err(e) if attempt >= ATTEMPTS => {
-                return Err(Attempt::Failed(anyhow!(
-                    "{url}: {e} (after {ATTEMPTS} attempts)"
-                )))
-            }
-            Err(e) => {
-                log(&format!("{url}: {e}; retrying"));
-                std::thread::sleep(backoff(attempt));
-                attempt += 1;
-            }
+            Err(ureq::Error::Status(code, _)) => format!("HTTP {code}"),
+            Err(ureq::Error::Transport(t)) => match t.message() {
+                Some(m) => format!("{}: {m}", t.kind()),
+                None => t.kind().to_string(),
+            },
+        };
+        if attempt >= ATTEMPTS {
+            return Err(Attempt::Failed(anyhow!(
+                "{url}: {error} (after {ATTEMPTS} attempts)"
+            )));
         }
+        log(&format!("{url}: {error}; retrying"));
+        std::thread::sleep(backoff(attempt));
+        attempt += 1;
     }
 }
 

@@ -56,6 +56,7 @@ pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) ->
         cache_dir: cache,
         locks: &ctx.locks,
         allow_unverified: target.settings.allow_unverified_download,
+        stall_timeout: std::time::Duration::from_secs(target.settings.download_timeout_secs),
         log: &log_progress,
     };
     let job = Job {

@@ -24,7 +24,7 @@ pub fn run(config: Option<&Path>, vmid: Vmid) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("container is not running"))?;
     let exec = LxcAttach::new(vmid)?;
     let cuda = target.settings.cuda.is_some();
-    let reported = pipeline::verify(&exec, &root, &host, cuda)?;
+    let reported = pipeline::verify(&exec, &root, &host, &target.settings)?;
     println!(
         "CT {vmid}: nvidia-smi reports {reported}, the host's module is {host}: OK{}",
         if cuda { "; nvcc runs" } else { "" }

@@ -9,16 +9,16 @@ use serde_json::{json, Value};
 
 use crate::support::{self, text, write, FileServer, TempDir};
 
-const V1: &str = "550.54.14";
+pub const V1: &str = "550.54.14";
 const V2: &str = "550.90.07";
 
-struct FakeHost {
-    dir: TempDir,
-    config: Value,
+pub struct FakeHost {
+    pub dir: TempDir,
+    pub config: Value,
 }
 
 impl FakeHost {
-    fn new() -> FakeHost {
+    pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
         for tool in ["lxc-attach", "lxc-info"] {
@@ -53,34 +53,34 @@ impl FakeHost {
         host
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub fn config_path(&self) -> PathBuf {
         self.path().join("config.json")
     }
 
-    fn write_config(&self) {
+    pub fn write_config(&self) {
         write(
             &self.config_path(),
             serde_json::to_vec_pretty(&self.config).unwrap(),
         );
     }
 
-    fn set(&mut self, key: &str, value: Value) {
+    pub fn set(&mut self, key: &str, value: Value) {
         self.config[key] = value;
         self.write_config();
     }
 
-    fn set_host_version(&self, v: &str) {
+    pub fn set_host_version(&self, v: &str) {
         write(
             &self.path().join("sys/module/nvidia/version"),
             format!("{v}\n"),
         );
     }
 
-    fn runfile(&self, version: &str, fail: bool) -> PathBuf {
+    pub fn runfile(&self, version: &str, fail: bool) -> PathBuf {
         let template = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/runfile.sh"),
         )
@@ -104,7 +104,7 @@ impl FakeHost {
 
     /// A running container: its config, its root, and the cgroup and /proc
     /// entries through which the hook finds its init.
-    fn container(&self, vmid: u32, conf: &str) -> PathBuf {
+    pub fn container(&self, vmid: u32, conf: &str) -> PathBuf {
         let d = self.path();
         write(&d.join(format!("pve/lxc/{vmid}.conf")), conf);
         let root = self.ct(vmid);
@@ -129,15 +129,15 @@ impl FakeHost {
         root
     }
 
-    fn ct(&self, vmid: u32) -> PathBuf {
+    pub fn ct(&self, vmid: u32) -> PathBuf {
         self.path().join(format!("ct{vmid}"))
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         support::run(args, Some(&self.path().join("bin")), &self.config_path())
     }
 
-    fn calls(&self) -> Vec<String> {
+    pub fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.path().join("calls.log"))
             .unwrap()
             .lines()
@@ -145,25 +145,25 @@ impl FakeHost {
             .collect()
     }
 
-    fn installer_runs(&self, vmid: u32) -> usize {
+    pub fn installer_runs(&self, vmid: u32) -> usize {
         std::fs::read_to_string(self.ct(vmid).join("var/log/nvidia-installer.log"))
             .map(|l| l.lines().filter(|l| l.starts_with("installer run")).count())
             .unwrap_or(0)
     }
 
-    fn status_json(&self, vmid: u32) -> Value {
+    pub fn status_json(&self, vmid: u32) -> Value {
         let out = self.run(&["status", "--json", &vmid.to_string()]);
         assert!(out.status.success(), "{}", text(&out));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
     }
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-const TAGGED: &str = "arch: amd64\nhostname: gpu\nostype: debian\ntags: ml;nvidia\n";
+pub const TAGGED: &str = "arch: amd64\nhostname: gpu\nostype: debian\ntags: ml;nvidia\n";
 
 #[test]
 fn fresh_install_then_up_to_date_without_any_container_command() {

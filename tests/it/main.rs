@@ -5,5 +5,6 @@
 
 mod e2e;
 mod fake_host;
+mod faults;
 mod package;
 mod support;

@@ -137,7 +137,33 @@ fn serve(mut stream: TcpStream, root: &Path, counts: &Mutex<HashMap<String, usiz
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
     *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
-    let file = root.join(path.trim_start_matches('/'));
+    // Faults on demand: /fault/<kind>/<file>.
+    let (fault, served) = match path.strip_prefix("/fault/").and_then(|p| p.split_once('/')) {
+        Some((kind, rest)) => (Some(kind.to_string()), format!("/{rest}")),
+        None => (None, path.clone()),
+    };
+    let file = root.join(served.trim_start_matches('/'));
+    match fault.as_deref() {
+        Some("500") => {
+            let _ = stream
+                .write_all(b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+        Some("hang") => {
+            // Bounded: the test's client gives up long before this.
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            return;
+        }
+        Some("truncate") => {
+            if let Ok(body) = std::fs::read(&file) {
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body[..body.len() / 2]);
+            }
+            return;
+        }
+        _ => {}
+    }
     let response = match std::fs::read(&file) {
         Ok(body) if !path.contains("..") => {
             let mut r = format!(

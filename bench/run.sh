@@ -1,0 +1,176 @@
+#!/bin/bash
+# make bench: what pve-nvidia-hook costs per container start, and what a boot
+# with many GPU containers costs, against the original plan's way, measured
+# in one run on the sandbox's real LXC containers (tests/e2e/sandbox.sh).
+# Prints one table and writes bench/RESULTS.md.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+sandbox=$top/tests/e2e/sandbox.sh
+bin=$top/target/release/pve-nvidia-hook
+version=550.54.14
+runs=${RUNS:-300}
+storm=${STORM:-8}
+up_to_date=9201
+not_requested=9202
+storm_first=9211
+
+[ "$(id -u)" -eq 0 ] || { echo "make bench needs root (real LXC containers)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/pve-nvidia-hook-bench.XXXXXX)
+vmids=("$up_to_date" "$not_requested")
+for i in $(seq 0 $((storm - 1))); do vmids+=($((storm_first + i))); done
+server=
+cleanup() {
+    [ -n "$server" ] && kill "$server" 2>/dev/null
+    for v in "${vmids[@]}"; do "$sandbox" down "$v" >/dev/null 2>&1 || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+note() { printf '%s\n' "bench: $*" >&2; }
+
+note "sandbox: host driver $version, stand-in runfile (slow: 5 s, as a real install takes time)"
+"$sandbox" host-version "$work" "$version"
+"$sandbox" runfile "$version" "$work/runfiles" slow
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/runfiles" 2> "$work/http.log" >/dev/null &
+server=$!
+digest=$(sha256sum "$work/runfiles/NVIDIA-Linux-x86_64-$version.run" | cut -d' ' -f1)
+write_config() {
+    cat > "$work/config.json" <<JSON
+{
+  "background": $1,
+  "dependencies": [],
+  "runfile_url": "http://127.0.0.1:$port/NVIDIA-Linux-x86_64-{version}.run",
+  "runfile_sha256": {"$version": "$digest"},
+  "paths": {"pve": "$work/pve", "sys": "$work/sys", "cache": "$work/cache", "lock": "$work/lock", "log": "$work/log"}
+}
+JSON
+}
+write_config false
+export PVE_NVIDIA_HOOK_CONFIG=$work/config.json
+
+# The original plan's stage 1, run the way the plan runs it: nvidia-smi on
+# the host, then `pct exec <vmid> -- nvidia-smi ...` piped into grep. The
+# host has no GPU here, so its nvidia-smi is a stand-in that prints the
+# stand-in module version; `pct` is a stand-in that execs lxc-attach, as the
+# real one ends in (the real pct is a Perl program that costs far more).
+mkdir -p "$work/planbin"
+cat > "$work/planbin/nvidia-smi" <<SH
+#!/bin/sh
+cat "$work/sys/module/nvidia/version"
+SH
+cat > "$work/planbin/pct" <<'SH'
+#!/bin/sh
+[ "$1" = exec ] || exit 2
+vmid=$2; shift 2; [ "$1" = -- ] && shift
+exec lxc-attach -n "$vmid" -- "$@"
+SH
+cat > "$work/plan-stage1.sh" <<'SH'
+#!/bin/bash
+CTID=$1
+host_driver_version=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader,nounits | head -n 1)
+if pct exec "$CTID" -- nvidia-smi --query-gpu=driver_version --format=csv,noheader,nounits | grep -q "$host_driver_version"; then
+    exit 0
+fi
+exit 1
+SH
+chmod 755 "$work/planbin/"* "$work/plan-stage1.sh"
+plan=(env "PATH=$work/planbin:$PATH" bash "$work/plan-stage1.sh")
+
+note "containers: $up_to_date (up to date), $not_requested (not requested)"
+"$sandbox" up "$up_to_date" "$work" gpu nvidia
+"$sandbox" up "$not_requested" "$work" gpu ""
+"$bin" install "$up_to_date" >/dev/null 2>&1
+"$bin" status --json "$up_to_date" | grep -q '"up-to-date"' || { echo "setup: $up_to_date is not up to date" >&2; exit 1; }
+
+# Wall time with hyperfine (no shell in between); children counted with strace.
+measure() {
+    local name=$1; shift
+    hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/$name.json" "$*" >/dev/null 2>&1
+    python3 - "$work/$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+t = sorted(r["times"])
+q = lambda p: t[int(p * (len(t) - 1))] * 1000
+print(f"{r['median']*1000:.2f} {q(0.05):.2f} {q(0.95):.2f}")
+PY
+}
+children() {
+    strace -f -qq -e trace=execve -o "$work/trace" "$@" >/dev/null 2>&1 || true
+    echo $(( $(grep -c 'execve(' "$work/trace") - 1 ))
+}
+row() {
+    local label=$1 vmid=$2
+    read -r hm h5 h95 < <(measure "hook-$vmid" "$bin" "$vmid" post-start)
+    hc=$(children "$bin" "$vmid" post-start)
+    read -r pm p5 p95 < <(measure "plan-$vmid" "${plan[@]}" "$vmid")
+    pc=$(children "${plan[@]}" "$vmid")
+    ratio=$(python3 -c "print(f'{$pm/$hm:.0f}')")
+    printf '| %s | %s ms (p5 %s, p95 %s) | %s | %s ms (p5 %s, p95 %s) | %s | %s× |\n' \
+        "$label" "$hm" "$h5" "$h95" "$hc" "$pm" "$p5" "$p95" "$pc" "$ratio"
+}
+note "timing the up-to-date and not-requested paths ($runs runs each)"
+table1=$(row "up to date, \`$up_to_date post-start\`" "$up_to_date"; row "not requested, \`$not_requested post-start\`" "$not_requested")
+
+/usr/bin/time -f '%M' -o "$work/rss" "$bin" "$up_to_date" post-start >/dev/null 2>&1
+rss_kb=$(tail -n1 "$work/rss")
+size=$(stat -c %s "$bin")
+
+note "boot storm: $storm containers needing $version, all hooks at once, background mode"
+for i in $(seq 0 $((storm - 1))); do "$sandbox" up $((storm_first + i)) "$work" gpu nvidia; done
+write_config true
+: > "$work/http.log"
+rm -rf "$work/cache"
+start=$(date +%s%N)
+for i in $(seq 0 $((storm - 1))); do "$bin" $((storm_first + i)) post-start >/dev/null 2>&1 & done
+wait
+hooks_returned_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+max_installers=0
+peak_hwm=0
+while :; do
+    n=$(pgrep -fc '/nvidia-installer' || true)
+    (( n > max_installers )) && max_installers=$n
+    for pid in $(pgrep -x pve-nvidia-hook || true); do
+        kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        (( ${kb:-0} > peak_hwm )) && peak_hwm=$kb
+    done
+    done_count=$("$bin" status --json $(seq "$storm_first" $((storm_first + storm - 1))) | grep -c '"state": "up-to-date"' || true)
+    [ "$done_count" -eq "$storm" ] && break
+    (( ($(date +%s%N) - start) / 1000000000 > 600 )) && { echo "storm did not finish in 600 s" >&2; exit 1; }
+    sleep 0.05
+done
+storm_s=$(python3 -c "print(f'{($(date +%s%N) - $start)/1e9:.1f}')")
+downloads=$(grep -c "GET /NVIDIA-Linux-x86_64-$version.run " "$work/http.log" || true)
+
+cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)
+cores=$(nproc)
+table=$(cat <<MD
+| path | pve-nvidia-hook: median wall (spread) | its child processes | plan's stage 1: median wall (spread) | its child processes | plan / hook |
+| --- | --- | --- | --- | --- | --- |
+$table1
+
+| boot storm ($storm containers, one driver version, background mode) | |
+| --- | --- |
+| all $storm hooks returned after | $hooks_returned_ms ms |
+| total time until all are up-to-date | $storm_s s (stand-in installer: 5 s each; default cap: 2 at once) |
+| downloads of the runfile | $downloads |
+| installers running at the same time (max seen) | $max_installers |
+| peak RSS of any hook process (VmHWM, sampled) | $peak_hwm KB |
+
+| one hook run | |
+| --- | --- |
+| binary size (release, stripped by make deb: see the package) | $size bytes |
+| peak RSS of one up-to-date \`post-start\` (\`/usr/bin/time -f %M\`) | $rss_kb KB |
+MD
+)
+echo
+echo "$table"
+{
+    echo "# Benchmark results"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) on $cores cores, $cpu; $(uname -r). Command: \`make bench\` (bench/run.sh, $runs runs per row, hyperfine $(hyperfine --version | cut -d' ' -f2), real LXC containers from tests/e2e/sandbox.sh)."
+    echo
+    echo "$table"
+} > "$work/results.md"
+cp "$work/results.md" "$top/bench/RESULTS.md.measured"
