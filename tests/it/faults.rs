@@ -374,7 +374,7 @@ fn bad_container_configs() {
     host.container(152, "");
     write(
         &host.path().join("pve/lxc/152.conf"),
-        b"\xff\xfe\x00junk\r\ntags: gpu,nvidia\r\n\x01\x02".to_vec(),
+        b"\xff\xfe\x00junk\r\ntags: gpu,nvidia\r\n\x01\x02",
     );
     assert_eq!(host.status_json(152)["reason"], "tag");
 
