@@ -98,7 +98,9 @@ PY
 }
 children() {
     strace -f -qq -e trace=execve -o "$work/trace" "$@" >/dev/null 2>&1 || true
-    echo $(( $(grep -c 'execve(' "$work/trace") - 1 ))
+    # Successful execs only (a shell also probes each PATH entry), less the
+    # measured program's own.
+    echo $(( $(grep 'execve(' "$work/trace" | grep -c ' = 0$') - 1 ))
 }
 row() {
     local label=$1 vmid=$2
@@ -115,7 +117,8 @@ table1=$(row "up to date, \`$up_to_date post-start\`" "$up_to_date"; row "not re
 
 /usr/bin/time -f '%M' -o "$work/rss" "$bin" "$up_to_date" post-start >/dev/null 2>&1
 rss_kb=$(tail -n1 "$work/rss")
-size=$(stat -c %s "$bin")
+objcopy --strip-all "$bin" "$work/stripped"
+size=$(stat -c %s "$work/stripped")
 
 note "boot storm: $storm containers needing $version, all hooks at once, background mode"
 for i in $(seq 0 $((storm - 1))); do "$sandbox" up $((storm_first + i)) "$work" gpu nvidia; done
@@ -123,8 +126,12 @@ write_config true
 : > "$work/http.log"
 rm -rf "$work/cache"
 start=$(date +%s%N)
-for i in $(seq 0 $((storm - 1))); do "$bin" $((storm_first + i)) post-start >/dev/null 2>&1 & done
-wait
+hooks=()
+for i in $(seq 0 $((storm - 1))); do
+    "$bin" $((storm_first + i)) post-start >/dev/null 2>&1 &
+    hooks+=($!)
+done
+wait "${hooks[@]}"
 hooks_returned_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 max_installers=0
 peak_hwm=0
@@ -160,17 +167,27 @@ $table1
 
 | one hook run | |
 | --- | --- |
-| binary size (release, stripped by make deb: see the package) | $size bytes |
+| binary size (release build, stripped as in the package) | $size bytes |
 | peak RSS of one up-to-date \`post-start\` (\`/usr/bin/time -f %M\`) | $rss_kb KB |
 MD
 )
 echo
 echo "$table"
-{
-    echo "# Benchmark results"
-    echo
-    echo "Measured $(date -u +%Y-%m-%d) on $cores cores, $cpu; $(uname -r). Command: \`make bench\` (bench/run.sh, $runs runs per row, hyperfine $(hyperfine --version | cut -d' ' -f2), real LXC containers from tests/e2e/sandbox.sh)."
+measured=$(
+    echo "Measured $(date -u +%Y-%m-%d) on $cores cores, $cpu; kernel $(uname -r)."
+    echo "Command: \`make bench\` (bench/run.sh: $runs runs per row with hyperfine $(hyperfine --version | cut -d' ' -f2) -N, children counted with strace -f -e trace=execve, real LXC containers from tests/e2e/sandbox.sh)."
     echo
     echo "$table"
-} > "$work/results.md"
-cp "$work/results.md" "$top/bench/RESULTS.md.measured"
+)
+# The measured block between the markers is replaced; the analysis around
+# it is kept.
+python3 - "$top/bench/RESULTS.md" "$measured" <<'PY'
+import sys, os
+path, block = sys.argv[1], sys.argv[2]
+start, end = "<!-- measured: bench/run.sh writes this block -->", "<!-- /measured -->"
+text = open(path).read() if os.path.exists(path) else f"# Benchmark results\n\n{start}\n{end}\n"
+head, rest = text.split(start, 1)
+_, tail = rest.split(end, 1)
+open(path, "w").write(f"{head}{start}\n{block}\n{end}{tail}")
+PY
+echo "bench: wrote bench/RESULTS.md" >&2

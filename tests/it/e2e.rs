@@ -582,3 +582,29 @@ fn e2e_cuda_toolkit() {
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("nvcc runs"));
 }
+
+/// A container whose previous installation is junk (a looping
+/// /var/lib/nvidia, a stray NVML library) ends up with a clean install; a
+/// full /var/tmp is detected before the copy and leaves nothing behind.
+#[test]
+#[ignore = "needs root and LXC; `make test` as root runs it"]
+fn e2e_junk_remnants_and_full_tmp() {
+    let mut sb = Sandbox::new("junk");
+    sb.up(9114, true, "nvidia");
+    sb.inside_ok(
+        9114,
+        &["sh", "-c", "ln -s /var/lib/nvidia /var/lib/nvidia && cd /usr/lib/x86_64-linux-gnu && echo junk > libnvidia-ml.so.999.99.99 && ln -s libnvidia-ml.so.999.99.99 libnvidia-ml.so.1"],
+    );
+    assert_eq!(sb.state(9114), "mismatch");
+    let out = sb.hook(9114, "post-start");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(sb.inside(9114, &["test", "-d", "/var/lib/nvidia", "-a", "!", "-L", "/var/lib/nvidia"]).status.success());
+    assert!(sb.run(&["verify", "9114"]).status.success());
+
+    sb.inside_ok(9114, &["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", "/var/tmp"]);
+    let full = sb.run(&["install", "--force", "9114"]);
+    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
+    assert!(stderr(&full).contains("not enough space in the container's /var/tmp"), "{}", text(&full));
+    assert_eq!(sb.inside_ok(9114, &["find", "/var/tmp", "-mindepth", "1"]).trim(), "");
+    assert!(sb.run(&["verify", "9114"]).status.success(), "the working install is untouched");
+}
