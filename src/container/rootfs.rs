@@ -41,7 +41,8 @@ impl RootFs {
     }
 
     fn open_in(&self, path: &str, flags: OFlags) -> std::io::Result<OwnedFd> {
-        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
+        // Not NO_XDEV: a container has mounts of its own (/dev, mpN volumes).
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
         // openat2 answers EAGAIN when a rename raced the lookup; retry a little.
         let mut tries = 0;
         loop {
