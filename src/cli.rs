@@ -45,6 +45,12 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show each container's NVIDIA state.
     Status(StatusArgs),
+    /// Register the hook on containers (snippet, hookscript, tag).
+    Enable(EnableArgs),
+    /// Unregister the hook, restoring a chained hookscript.
+    Disable(DisableArgs),
+    /// Explain why a GPU is or is not usable in a container.
+    Doctor(DoctorArgs),
     /// `<VMID> <PHASE>`: hookscript mode, as Proxmox calls it.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -83,5 +89,45 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
     /// Containers to show [default: every container config found].
+    pub vmids: Vec<Vmid>,
+}
+
+#[derive(Debug, Args)]
+pub struct EnableArgs {
+    #[arg(required = true)]
+    pub vmids: Vec<Vmid>,
+    /// Storage for the snippet; it must allow the `snippets` content type.
+    #[arg(long, default_value = "local")]
+    pub storage: String,
+    /// Do not add the `nvidia` tag.
+    #[arg(long)]
+    pub no_tag: bool,
+    /// Keep a container's existing hookscript: ours calls it first, for every
+    /// phase, and passes on its exit status for pre-start.
+    #[arg(long)]
+    pub chain: bool,
+    /// Check and install now in running containers, instead of at their next start.
+    #[arg(long)]
+    pub now: bool,
+    /// Print the commands and file changes without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DisableArgs {
+    #[arg(required = true)]
+    pub vmids: Vec<Vmid>,
+    /// Print the commands without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print a JSON array of checks instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Containers to check [default: every container that requests NVIDIA].
     pub vmids: Vec<Vmid>,
 }

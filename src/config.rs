@@ -73,6 +73,10 @@ pub struct Paths {
     pub cache: PathBuf,
     pub lock: PathBuf,
     pub log: PathBuf,
+    /// Host device nodes (`doctor` compares them with the containers').
+    pub dev: PathBuf,
+    /// Records that outlive a reboot: the hookscripts `enable --chain` keeps.
+    pub state: PathBuf,
 }
 
 impl Default for Paths {
@@ -84,6 +88,8 @@ impl Default for Paths {
             cache: "/var/cache/pve-nvidia-hook".into(),
             lock: "/run/lock/pve-nvidia-hook".into(),
             log: "/var/log/pve-nvidia-hook".into(),
+            dev: "/dev".into(),
+            state: "/var/lib/pve-nvidia-hook".into(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod process;
 pub mod runfile;
 pub mod state;
+pub mod storage;
 pub mod version;
 pub mod vmid;
 
@@ -28,7 +29,10 @@ use anyhow::Result;
 use cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let quiet = matches!(cli.command, Some(Command::Status(_) | Command::Verify(_)));
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Status(_) | Command::Verify(_) | Command::Doctor(_))
+    );
     let from_hook = matches!(&cli.command, Some(Command::Install(a)) if a.from_hook);
     logging::init(logging::Options {
         verbose: cli.verbose,
@@ -39,6 +43,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Install(args)) => commands::install::run(cli.config.as_deref(), &args),
         Some(Command::Verify(args)) => commands::verify::run(cli.config.as_deref(), args.vmid),
         Some(Command::Status(args)) => commands::status::run(cli.config.as_deref(), &args),
+        Some(Command::Enable(args)) => commands::enable::enable(cli.config.as_deref(), &args),
+        Some(Command::Disable(args)) => commands::enable::disable(cli.config.as_deref(), &args),
+        Some(Command::Doctor(args)) => commands::doctor::run(cli.config.as_deref(), &args),
         Some(Command::Hook(words)) => {
             let (vmid, phase) = cli::hook_args(&words).map_err(error::usage)?;
             commands::hook::run(cli.config.as_deref(), vmid, &phase)

@@ -60,11 +60,15 @@ pub fn parse(text: &str) -> Vec<Storage> {
             }
             continue;
         }
-        let Some(current) = storages.last_mut() else { continue };
+        let Some(current) = storages.last_mut() else {
+            continue;
+        };
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("path"), Some(p)) => current.path = Some(PathBuf::from(p)),
-            (Some("content"), Some(c)) => current.content = c.split(',').map(|s| s.trim().to_string()).collect(),
+            (Some("content"), Some(c)) => {
+                current.content = c.split(',').map(|s| s.trim().to_string()).collect()
+            }
             (Some("shared"), Some(v)) => current.shared = v == "1",
             _ => {}
         }
@@ -84,7 +88,11 @@ pub fn load(pve: &Path) -> Result<Vec<Storage>> {
 /// The storage to place the snippet on, or an error that lists the ones
 /// that could hold it.
 pub fn snippet_storage(storages: &[Storage], wanted: &str) -> Result<Storage> {
-    let candidates: Vec<&str> = storages.iter().filter(|s| s.allows_snippets()).map(|s| s.name.as_str()).collect();
+    let candidates: Vec<&str> = storages
+        .iter()
+        .filter(|s| s.allows_snippets())
+        .map(|s| s.name.as_str())
+        .collect();
     let listed = if candidates.is_empty() {
         "none allows snippets".to_string()
     } else {
@@ -109,7 +117,10 @@ pub fn resolve_volume(storages: &[Storage], volume: &str) -> Option<PathBuf> {
     if name.is_empty() || name.contains('/') {
         return None;
     }
-    storages.iter().find(|s| s.name == storage)?.snippet_path(name)
+    storages
+        .iter()
+        .find(|s| s.name == storage)?
+        .snippet_path(name)
 }
 
 #[cfg(test)]
@@ -140,10 +151,16 @@ nfs: nas\n\texport /tank\n\tpath /mnt/pve/nas\n\tserver 10.0.0.5\n\tcontent back
         let s = parse(CFG);
         assert_eq!(snippet_storage(&s, "local").unwrap().name, "local");
         let e = snippet_storage(&s, "nas").unwrap_err().to_string();
-        assert!(e.contains("pvesm set nas --content backup,snippets") && e.contains("local"), "{e}");
+        assert!(
+            e.contains("pvesm set nas --content backup,snippets") && e.contains("local"),
+            "{e}"
+        );
         let e = snippet_storage(&s, "local-lvm").unwrap_err().to_string();
         assert!(e.contains("no path"), "{e}");
-        assert!(snippet_storage(&s, "nope").unwrap_err().to_string().contains("no storage 'nope'"));
+        assert!(snippet_storage(&s, "nope")
+            .unwrap_err()
+            .to_string()
+            .contains("no storage 'nope'"));
     }
 
     #[test]

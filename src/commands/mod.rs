@@ -2,6 +2,8 @@
 //! Proxmox config, whether NVIDIA is requested, its settings, and access to
 //! its root file system while it runs.
 
+pub mod doctor;
+pub mod enable;
 pub mod hook;
 pub mod install;
 pub mod status;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::enable::is_ours;
 use super::{Ctx, Lookup};
 use crate::cli::StatusArgs;
 use crate::container::driver::{self, InstalledDriver};
@@ -63,7 +64,7 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
     })
 }
 
-fn all_containers(ctx: &Ctx) -> Result<Vec<Vmid>> {
+pub fn all_containers(ctx: &Ctx) -> Result<Vec<Vmid>> {
     let dir = ctx.config().paths.pve.join("lxc");
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -126,6 +127,7 @@ fn table(rows: &[Row]) -> String {
         "HOST".into(),
         "CONTAINER".into(),
         "STATE".into(),
+        "HOOK".into(),
     ]];
     for r in rows {
         let requested = match (r.requested, r.reason) {
@@ -148,9 +150,15 @@ fn table(rows: &[Row]) -> String {
                 .as_ref()
                 .map_or_else(dash, |v| v.to_string()),
             r.state.as_str().to_string(),
+            match r.hookscript.as_deref() {
+                Some(v) if is_ours(v) => "yes".into(),
+                Some(_) => "other".into(),
+                None if r.requested => "NOT REGISTERED".into(),
+                None => "no".into(),
+            },
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

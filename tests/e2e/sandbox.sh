@@ -107,7 +107,7 @@ host_version() {
 }
 
 up() {
-    local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4:-nvidia} root dir
+    local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir
     root=$(base)
     down "$vmid" 2>/dev/null || true
     dir="$lxcpath/$vmid"

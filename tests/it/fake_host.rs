@@ -21,7 +21,7 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
-        for tool in ["lxc-attach", "lxc-info"] {
+        for tool in ["lxc-attach", "lxc-info", "pct"] {
             let target = d.join("bin").join(tool);
             write(
                 &target,
@@ -43,6 +43,7 @@ impl FakeHost {
                 "paths": {
                     "pve": d.join("pve"), "sys": d.join("sys"), "proc": d.join("proc"),
                     "cache": d.join("cache"), "lock": d.join("lock"), "log": d.join("log"),
+                    "dev": d.join("dev"), "state": d.join("state"),
                 },
             }),
             dir,

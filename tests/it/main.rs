@@ -6,5 +6,6 @@
 mod e2e;
 mod fake_host;
 mod faults;
+mod operator;
 mod package;
 mod support;

@@ -1,0 +1,258 @@
+//! `enable`, `disable`, chained hookscripts and `doctor`, against the fake
+//! host with a fake `pct` that records its arguments and edits the config.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+
+use crate::fake_host::{FakeHost, TAGGED};
+use crate::support::{text, write};
+
+const SNIPPET: &str = include_str!("../../hooks/pve-nvidia-hook");
+
+fn with_storage(host: &FakeHost) -> std::path::PathBuf {
+    let vz = host.path().join("vz");
+    write(
+        &host.path().join("pve/storage.cfg"),
+        format!(
+            "dir: local\n\tpath {}\n\tcontent iso,vztmpl,backup,snippets\n\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n\ndir: isos\n\tpath /srv/isos\n\tcontent iso\n",
+            vz.display()
+        ),
+    );
+    vz
+}
+
+fn pct_log(host: &FakeHost) -> Vec<String> {
+    std::fs::read_to_string(host.path().join("pct.log"))
+        .map(|t| t.lines().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn enable_places_snippet_registers_and_tags_idempotently() {
+    let host = FakeHost::new();
+    let vz = with_storage(&host);
+    host.container(160, "hostname: a\ntags: ml\n");
+    let out = host.run(&["enable", "160"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let snippet = vz.join("snippets/pve-nvidia-hook");
+    assert_eq!(std::fs::read_to_string(&snippet).unwrap(), SNIPPET);
+    assert_eq!(
+        std::fs::metadata(&snippet).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(
+        pct_log(&host),
+        ["set 160 --hookscript local:snippets/pve-nvidia-hook --tags ml;nvidia"]
+    );
+    assert!(
+        stdout(&out).contains("takes effect at its next start"),
+        "{}",
+        text(&out)
+    );
+    let status = host.status_json(160);
+    assert_eq!(status["hookscript"], "local:snippets/pve-nvidia-hook");
+    assert_eq!(status["reason"], "tag");
+
+    let again = host.run(&["enable", "160"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        stdout(&again).contains("CT 160: already enabled"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(pct_log(&host).len(), 1, "no second pct call");
+}
+
+#[test]
+fn enable_dry_run_changes_nothing() {
+    let host = FakeHost::new();
+    let vz = with_storage(&host);
+    host.container(161, "hostname: a\n");
+    let out = host.run(&["enable", "--dry-run", "--no-tag", "161"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains(&format!(
+            "would write {}/snippets/pve-nvidia-hook (mode 0755)",
+            vz.display()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("would run: pct set 161 --hookscript local:snippets/pve-nvidia-hook"),
+        "{shown}"
+    );
+    assert!(!vz.exists());
+    assert!(pct_log(&host).is_empty());
+}
+
+#[test]
+fn enable_refuses_a_storage_without_snippets_and_lists_candidates() {
+    let host = FakeHost::new();
+    with_storage(&host);
+    host.container(162, TAGGED);
+    for (storage, expected) in [
+        ("isos", "pvesm set isos --content iso,snippets"),
+        ("local-lvm", "no path"),
+        ("nope", "no storage 'nope'"),
+    ] {
+        let out = host.run(&["enable", "--storage", storage, "162"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expected) && err.contains("storages that allow snippets: local"),
+            "{err}"
+        );
+    }
+    assert!(pct_log(&host).is_empty());
+}
+
+#[test]
+fn an_existing_hookscript_is_kept_only_with_chain_and_restored_by_disable() {
+    let host = FakeHost::new();
+    let vz = with_storage(&host);
+    host.container(163, "hostname: a\nhookscript: local:snippets/site-hook\n");
+    let calls = host.path().join("site-hook.calls");
+    write(
+        &vz.join("snippets/site-hook"),
+        format!("#!/bin/sh\necho \"$1 $2\" >> '{}'\n[ \"$2\" = pre-start ] && [ -e '{}' ] && exit 3\nexit 0\n", calls.display(), host.path().join("veto").display()),
+    );
+    std::fs::set_permissions(
+        vz.join("snippets/site-hook"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    let refused = host.run(&["enable", "163"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--chain"),
+        "{}",
+        text(&refused)
+    );
+    assert!(pct_log(&host).is_empty());
+
+    let out = host.run(&["enable", "--chain", "163"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        host.status_json(163)["hookscript"],
+        "local:snippets/pve-nvidia-hook"
+    );
+
+    // Our hook calls it first, for every phase, and passes on a pre-start veto.
+    for phase in ["pre-start", "post-start", "pre-stop", "post-stop"] {
+        assert!(host.run(&["163", phase]).status.success(), "{phase}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "163 pre-start\n163 post-start\n163 pre-stop\n163 post-stop\n"
+    );
+    write(&host.path().join("veto"), "");
+    let vetoed = host.run(&["163", "pre-start"]);
+    assert_eq!(vetoed.status.code(), Some(3), "{}", text(&vetoed));
+
+    let out = host.run(&["disable", "163"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        pct_log(&host).last().unwrap(),
+        "set 163 --hookscript local:snippets/site-hook"
+    );
+    assert_eq!(
+        host.status_json(163)["hookscript"],
+        "local:snippets/site-hook"
+    );
+    assert!(!host.path().join("state/chain/163").exists());
+}
+
+#[test]
+fn disable_without_chain_deletes_the_hookscript() {
+    let host = FakeHost::new();
+    with_storage(&host);
+    host.container(164, TAGGED);
+    assert!(host.run(&["enable", "164"]).status.success());
+    let out = host.run(&["disable", "164"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        pct_log(&host).last().unwrap(),
+        "set 164 --delete hookscript"
+    );
+    assert_eq!(host.status_json(164)["hookscript"], Value::Null);
+    assert!(host.run(&["disable", "164"]).status.success(), "idempotent");
+}
+
+#[test]
+fn enable_now_installs_in_a_running_container() {
+    let host = FakeHost::new();
+    with_storage(&host);
+    host.container(165, "hostname: a\n");
+    let out = host.run(&["enable", "--now", "165"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(host.installer_runs(165), 1);
+    assert_eq!(host.status_json(165)["state"], "up-to-date");
+}
+
+#[test]
+fn status_table_marks_unregistered_hooks() {
+    let host = FakeHost::new();
+    with_storage(&host);
+    host.container(166, TAGGED);
+    host.container(167, "hostname: web\n");
+    let out = host.run(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = stdout(&out);
+    let row = |vmid: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(vmid))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("166").ends_with("NOT REGISTERED"), "{table}");
+    assert!(row("167").ends_with("no"), "{table}");
+    assert!(table.lines().next().unwrap().split_whitespace().eq([
+        "VMID",
+        "REQUESTED",
+        "RUNNING",
+        "HOST",
+        "CONTAINER",
+        "STATE",
+        "HOOK"
+    ]));
+}
+
+#[test]
+fn doctor_without_a_host_driver_fails_with_fixes() {
+    let host = FakeHost::new();
+    with_storage(&host);
+    host.container(168, TAGGED);
+    std::fs::remove_file(host.path().join("sys/module/nvidia/version")).unwrap();
+    let out = host.run(&["doctor", "168"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("FAIL  host: kernel module: no NVIDIA kernel module loaded"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("FAIL  CT 168: hook: no hookscript registered"),
+        "{shown}"
+    );
+    assert!(shown.contains("fix: pve-nvidia-hook enable 168"), "{shown}");
+    let json = host.run(&["doctor", "--json", "168"]);
+    let checks: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| ["ok", "warn", "fail"].contains(&c["level"].as_str().unwrap())));
+    assert!(checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["scope"] == "CT 168" && c["check"] == "hook" && c["level"] == "fail"));
+}
