@@ -4,7 +4,7 @@
 //! match never enters the cache.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -72,6 +72,7 @@ pub struct Fetcher<'a> {
 
 const ATTEMPTS: u32 = 3;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const BAR_EVERY: Duration = Duration::from_millis(200);
 
 enum Attempt {
     NotFound,
@@ -308,6 +309,8 @@ impl Fetcher<'_> {
         let mut done: u64 = 0;
         let started = Instant::now();
         let mut last_report = started;
+        // A person watching gets a bar; logs get a line every few seconds.
+        let tty = std::io::stderr().is_terminal();
         loop {
             let n = reader
                 .read(&mut buf)
@@ -319,10 +322,16 @@ impl Fetcher<'_> {
             out.write_all(&buf[..n])
                 .with_context(|| format!("writing {}", partial.display()))?;
             done += n as u64;
-            if last_report.elapsed() >= PROGRESS_EVERY {
+            if tty && last_report.elapsed() >= BAR_EVERY {
+                last_report = Instant::now();
+                eprint!("\r{}", bar(done, total, started.elapsed()));
+            } else if !tty && last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
                 (self.log)(&progress(done, total, started.elapsed()));
             }
+        }
+        if tty {
+            eprintln!("\r{}", bar(done, total, started.elapsed()));
         }
         if let Some(total) = total {
             if done != total {
@@ -339,6 +348,25 @@ fn describe(source: &Source) -> String {
     match source {
         Source::Https(u) | Source::Http(u) => u.clone(),
         Source::Local(p) => p.display().to_string(),
+    }
+}
+
+fn bar(done: u64, total: Option<u64>, elapsed: Duration) -> String {
+    const WIDTH: u64 = 30;
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001) / 1e6;
+    match total {
+        Some(t) if t > 0 => {
+            let filled = (done.min(t) * WIDTH / t) as usize;
+            format!(
+                "[{}{}] {:>3}% {} / {} MB {rate:.1} MB/s",
+                "#".repeat(filled),
+                " ".repeat(WIDTH as usize - filled),
+                done * 100 / t,
+                done / 1_000_000,
+                t / 1_000_000
+            )
+        }
+        _ => format!("{} MB {rate:.1} MB/s", done / 1_000_000),
     }
 }
 
@@ -448,6 +476,23 @@ mod tests {
             .unwrap()
             .file_name()
             .is_err());
+    }
+
+    #[test]
+    fn progress_texts() {
+        let b = bar(50_000_000, Some(100_000_000), Duration::from_secs(5));
+        assert!(
+            b.starts_with("[###############               ]  50% 50 / 100 MB 10.0 MB/s"),
+            "{b}"
+        );
+        assert_eq!(
+            progress(50_000_000, Some(100_000_000), Duration::from_secs(5)),
+            "download: 50% of 100 MB at 10.0 MB/s"
+        );
+        assert_eq!(
+            bar(7_000_000, None, Duration::from_secs(1)),
+            "7 MB 7.0 MB/s"
+        );
     }
 
     #[test]

@@ -726,3 +726,35 @@ fn e2e_enable_now_and_doctor() {
         text(&hook)
     );
 }
+
+/// No space in the cache: the download fails cleanly, nothing half-written
+/// stays in the cache, nothing ran in the container.
+#[test]
+#[ignore = "needs root and LXC; `make test` as root runs it"]
+fn e2e_full_cache() {
+    let mut sb = Sandbox::new("fullcache");
+    sb.up(9116, true, "nvidia");
+    let cache = sb.dir().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12k,mode=0700", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let out = sb.hook(9116, "post-start");
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let _ = Command::new("umount").arg(&cache).status();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.attach_calls(), 0);
+    assert!(left.iter().all(|n| n.ends_with(".lock")), "{left:?}");
+}

@@ -675,3 +675,19 @@ fn help_and_version() {
     let out = support::run(&[], None, Path::new("/nonexistent"));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn a_container_without_apt_is_named_by_its_ostype() {
+    let host = FakeHost::new();
+    let ct = host.container(125, "ostype: alpine\ntags: nvidia\n");
+    std::fs::remove_file(ct.join("usr/bin/apt-get")).unwrap();
+    std::fs::remove_file(ct.join("usr/bin/dpkg-query")).unwrap();
+    let out = host.run(&["install", "125"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no apt-get (ostype: alpine)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.installer_runs(125), 0);
+}
