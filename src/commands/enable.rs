@@ -181,7 +181,11 @@ fn place_snippet(path: &PathBuf, dry_run: bool) -> Result<()> {
     if current.as_deref() == Some(SNIPPET.as_bytes()) && executable {
         return Ok(());
     }
-    let what = if current.is_some() { "update" } else { "write" };
+    let (what, done) = if current.is_some() {
+        ("update", "updated")
+    } else {
+        ("write", "wrote")
+    };
     if dry_run {
         println!("would {what} {} (mode 0755)", path.display());
         return Ok(());
@@ -189,7 +193,7 @@ fn place_snippet(path: &PathBuf, dry_run: bool) -> Result<()> {
     let dir = path.parent().context("snippet path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fsutil::write_atomic(path, SNIPPET.as_bytes(), 0o755)?;
-    println!("{what} {}", path.display());
+    println!("{done} {}", path.display());
     Ok(())
 }
 
