@@ -38,18 +38,9 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         );
     }
     let chains = Chains::new(&ctx.config().paths.state);
-    let mut failed = false;
-    for &vmid in &args.vmids {
-        if let Err(e) = enable_one(&ctx, &chains, vmid, &volume, args) {
-            eprintln!("pve-nvidia-hook: CT {vmid}: {e:#}");
-            failed = true;
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(super::for_each(&args.vmids, |vmid| {
+        enable_one(&ctx, &chains, vmid, &volume, args)
+    }))
 }
 
 fn enable_one(
@@ -120,49 +111,34 @@ fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
     let chains = Chains::new(&ctx.config().paths.state);
-    let mut failed = false;
-    for &vmid in &args.vmids {
-        let result = (|| -> Result<()> {
-            let target = ctx.container(vmid)?;
-            let chained = chains.get(vmid);
-            match target.pct.hookscript() {
-                Some(current) if is_ours(current) => {
-                    match &chained {
-                        Some(previous) => pct(
-                            vmid,
-                            &["--hookscript".into(), previous.clone()],
-                            args.dry_run,
-                        )?,
-                        None => pct(
-                            vmid,
-                            &["--delete".into(), "hookscript".into()],
-                            args.dry_run,
-                        )?,
-                    }
-                    if !args.dry_run {
-                        chains.remove(vmid)?;
-                    }
-                }
-                Some(other) => {
-                    println!("CT {vmid}: hookscript is {other}, not pve-nvidia-hook: left alone")
-                }
-                None => println!("CT {vmid}: not enabled"),
+    Ok(super::for_each(&args.vmids, |vmid| {
+        disable_one(&ctx, &chains, vmid, args.dry_run)
+    }))
+}
+
+fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<()> {
+    let target = ctx.container(vmid)?;
+    match target.pct.hookscript() {
+        Some(current) if is_ours(current) => {
+            match chains.get(vmid) {
+                Some(previous) => pct(vmid, &["--hookscript".into(), previous], dry_run)?,
+                None => pct(vmid, &["--delete".into(), "hookscript".into()], dry_run)?,
             }
-            if target.pct.has_tag("nvidia") {
-                println!("CT {vmid}: tag nvidia left in place (it only marks the container; the hook is gone)");
+            if !dry_run {
+                chains.remove(vmid)?;
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            eprintln!("pve-nvidia-hook: CT {vmid}: {e:#}");
-            failed = true;
         }
+        Some(other) => {
+            println!("CT {vmid}: hookscript is {other}, not pve-nvidia-hook: left alone")
+        }
+        None => println!("CT {vmid}: not enabled"),
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    if target.pct.has_tag("nvidia") {
+        println!(
+            "CT {vmid}: tag nvidia left in place (it only marks the container; the hook is gone)"
+        );
+    }
+    Ok(())
 }
 
 /// A volume naming our snippet, on whichever storage.

@@ -11,6 +11,7 @@ pub mod verify;
 
 use std::io::Read;
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
@@ -149,6 +150,23 @@ impl Ctx {
             Some(file) => crate::fsutil::check_trusted(file).context("configuration"),
             None => Ok(()),
         }
+    }
+}
+
+/// Runs `work` for each container, reporting a failure on its own line and
+/// going on with the next; exit 1 when any failed.
+pub fn for_each(vmids: &[Vmid], mut work: impl FnMut(Vmid) -> Result<()>) -> ExitCode {
+    let mut failed = false;
+    for &vmid in vmids {
+        if let Err(e) = work(vmid) {
+            eprintln!("pve-nvidia-hook: CT {vmid}: {e:#}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

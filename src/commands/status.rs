@@ -84,11 +84,7 @@ fn row(ctx: &Ctx, vmid: Vmid, host: Option<&DriverVersion>) -> Result<Option<Row
         Lookup::Container(t) => t,
         Lookup::Vm | Lookup::Missing => return Ok(None),
     };
-    let installed = match ctx.open_container(vmid)? {
-        Some(root) if target.request.wanted => Some(driver::detect(&root)),
-        Some(_) => Some(InstalledDriver::Absent),
-        None => None,
-    };
+    let installed = ctx.open_container(vmid)?.map(|root| driver::detect(&root));
     let last = ctx.results.last(vmid);
     let last_failed = last
         .as_ref()
