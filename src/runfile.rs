@@ -495,6 +495,80 @@ mod tests {
         );
     }
 
+    /// Answers 404 for `/missing/...`, the body for anything else, and counts requests.
+    fn serve(body: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&hits);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut line = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                reader.read_line(&mut line).unwrap();
+                while reader.read_line(&mut String::new()).unwrap_or(0) > 2 {}
+                let reply = if line.contains("/missing/") {
+                    b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()
+                } else {
+                    let mut r =
+                        format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                            .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                };
+                let _ = stream.write_all(&reply);
+            }
+        });
+        (port, hits)
+    }
+
+    #[test]
+    fn falls_back_to_the_next_candidate_on_404_only() {
+        let (port, hits) = serve(b"abc");
+        let dir = std::env::temp_dir().join(format!("pnh-fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let locks = Locks::new(&dir.join("lock"));
+        let fetcher = Fetcher {
+            cache_dir: &dir.join("cache"),
+            locks: &locks,
+            allow_unverified: false,
+            stall_timeout: Duration::from_secs(5),
+            log: &|_| {},
+        };
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let url = |p: &str| {
+            Source::Http(format!(
+                "http://127.0.0.1:{port}/{p}/NVIDIA-Linux-x86_64-550.54.14.run"
+            ))
+        };
+        let got = fetcher
+            .obtain(&[url("missing"), url("tesla")], Some(abc))
+            .unwrap();
+        assert_eq!(std::fs::read(&got.path).unwrap(), b"abc");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Cached and verified: a second install asks no server.
+        fetcher
+            .obtain(&[url("missing"), url("tesla")], Some(abc))
+            .unwrap();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let empty_cache = dir.join("empty");
+        let fresh = Fetcher {
+            cache_dir: &empty_cache,
+            ..fetcher
+        };
+        let err = fresh
+            .obtain(&[url("missing"), url("missing")], Some(abc))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("runfile not found (404) at http://"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn hashing() {
         let p = std::env::temp_dir().join(format!("pnh-hash-{}", std::process::id()));

@@ -386,7 +386,11 @@ fn e2e_background_install() {
     // them; the install was still to finish then.
     let out = sb.hook(9105, "post-start");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_ne!(sb.state(9105), "up-to-date", "the hook waited for the install");
+    assert_ne!(
+        sb.state(9105),
+        "up-to-date",
+        "the hook waited for the install"
+    );
     let mut seen_installing = false;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

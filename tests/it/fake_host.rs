@@ -626,7 +626,11 @@ fn background_mode_returns_at_once_and_installs_detached() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // `output()` returned: stdout and stderr were closed by everything the
     // hook started, and the (slow) install had not finished.
-    assert_ne!(host.status_json(123)["state"], "up-to-date", "the hook waited for the install");
+    assert_ne!(
+        host.status_json(123)["state"],
+        "up-to-date",
+        "the hook waited for the install"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("install started in the background"),
         "{}",
