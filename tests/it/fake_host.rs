@@ -103,6 +103,18 @@ impl FakeHost {
         path
     }
 
+    /// A runfile whose installer first sleeps, so that an install in progress
+    /// can be seen, interrupted or timed out.
+    pub fn slow_runfile(&self, version: &str, secs: u32) {
+        let runfile = self.runfile(version, false);
+        let slow = std::fs::read_to_string(&runfile).unwrap().replacen(
+            "version=",
+            &format!("sleep {secs}\nversion="),
+            1,
+        );
+        write(&runfile, slow);
+    }
+
     /// A running container: its config, its root, and the cgroup and /proc
     /// entries through which the hook finds its init.
     pub fn container(&self, vmid: u32, conf: &str) -> PathBuf {
@@ -615,13 +627,7 @@ fn background_mode_returns_at_once_and_installs_detached() {
     let mut host = FakeHost::new();
     host.container(123, TAGGED);
     host.set("background", json!(true));
-    // A slow installer, so that "installing" can be seen.
-    let runfile = host.runfile(V1, false);
-    let slow =
-        std::fs::read_to_string(&runfile)
-            .unwrap()
-            .replacen("version=", "sleep 2\nversion=", 1);
-    write(&runfile, slow);
+    host.slow_runfile(V1, 2);
     let out = host.run(&["123", "post-start"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // `output()` returned: stdout and stderr were closed by everything the

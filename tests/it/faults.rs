@@ -111,12 +111,7 @@ fn hanging_installer_is_killed_at_its_limit() {
     let mut host = FakeHost::new();
     host.set("installer_timeout_secs", json!(2));
     host.container(133, TAGGED);
-    let runfile = host.runfile(V1, false);
-    let hung =
-        std::fs::read_to_string(&runfile)
-            .unwrap()
-            .replacen("version=", "sleep 1000\nversion=", 1);
-    write(&runfile, hung);
+    host.slow_runfile(V1, 1000);
     let out = host.run(&["install", "133"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -230,12 +225,7 @@ fn leftovers_of_a_reboot_or_sigkill_never_read_as_installing() {
 fn sigkill_in_the_middle_then_the_next_start_retries() {
     let host = FakeHost::new();
     host.container(139, TAGGED);
-    let runfile = host.runfile(V1, false);
-    let slow =
-        std::fs::read_to_string(&runfile)
-            .unwrap()
-            .replacen("version=", "sleep 3\nversion=", 1);
-    write(&runfile, slow);
+    host.slow_runfile(V1, 3);
     let mut child = Command::new(BIN)
         .args(["install", "139"])
         .env("PVE_NVIDIA_HOOK_CONFIG", host.config_path())
