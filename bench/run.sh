@@ -87,7 +87,9 @@ note "containers: $up_to_date (up to date), $not_requested (not requested)"
 # Wall time with hyperfine (no shell in between); children counted with strace.
 measure() {
     local name=$1; shift
-    hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/$name.json" "$*" >/dev/null 2>&1
+    # -i: the plan's stage 1 exits 1 when it finds no matching driver (its
+    # "go and install" answer), which is still a measurement.
+    hyperfine -N -i --warmup 20 --runs "$runs" --export-json "$work/$name.json" "$*" >/dev/null 2>&1
     python3 - "$work/$name.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"][0]
@@ -104,6 +106,8 @@ children() {
 }
 row() {
     local label=$1 vmid=$2
+    # -i below must not hide a failing hook.
+    "$bin" "$vmid" post-start >/dev/null 2>&1 || { echo "bench: $label: the hook failed" >&2; exit 1; }
     read -r hm h5 h95 < <(measure "hook-$vmid" "$bin" "$vmid" post-start)
     hc=$(children "$bin" "$vmid" post-start)
     read -r pm p5 p95 < <(measure "plan-$vmid" "${plan[@]}" "$vmid")
