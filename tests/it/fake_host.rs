@@ -697,3 +697,49 @@ fn a_container_without_apt_is_named_by_its_ostype() {
     );
     assert_eq!(host.installer_runs(125), 0);
 }
+
+#[test]
+fn where_systemd_runs_the_install_gets_its_own_transient_unit() {
+    let mut host = FakeHost::new();
+    host.container(126, TAGGED);
+    host.set("background", json!(true));
+    let d = host.path().to_path_buf();
+    write(&d.join("proc/1/comm"), "systemd\n");
+    // A systemd-run that records its arguments and starts the command detached
+    // with the environment and output the unit properties ask for, as systemd would.
+    write(
+        &d.join("bin/systemd-run"),
+        format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$@\" > '{}'\nout=$(printf '%s\\n' \"$@\" | sed -n 's/^--property=StandardOutput=append://p')\nwhile [ \"$1\" != -- ]; do case \"$1\" in --setenv=*) export \"${{1#--setenv=}}\" ;; esac; shift; done; shift\nsetsid \"$@\" >> \"$out\" 2>&1 < /dev/null &\n",
+            d.join("systemd-run.args").display()
+        ),
+    );
+    set_mode(&d.join("bin/systemd-run"), 0o755);
+    let out = host.run(&["126", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let args = std::fs::read_to_string(d.join("systemd-run.args")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args[0], "--unit=pve-nvidia-hook-install-126");
+    assert!(args.contains(&"--collect"), "{args:?}");
+    assert!(
+        args.contains(
+            &format!(
+                "--property=StandardOutput=append:{}",
+                d.join("log/126.log").display()
+            )
+            .as_str()
+        ),
+        "{args:?}"
+    );
+    let command = &args[args.iter().position(|a| *a == "--").unwrap() + 1..];
+    assert_eq!(command[0], support::BIN);
+    assert_eq!(&command[1..4], ["install", "126", "--from-hook"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.status_json(126)["state"] != "up-to-date" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unit's install never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
