@@ -660,14 +660,15 @@ fn e2e_enable_now_and_doctor() {
         ),
     );
     std::fs::create_dir_all(w.join("devnodes")).unwrap();
-    for (name, major, minor) in [
-        ("nvidia0", 195, 0),
-        ("nvidiactl", 195, 255),
-        ("nvidia-uvm", 511, 0),
+    // nvidia-uvm as a host with a restrictive udev rule would have it.
+    for (name, major, minor, mode) in [
+        ("nvidia0", 195, 0, "0666"),
+        ("nvidiactl", 195, 255, "0666"),
+        ("nvidia-uvm", 511, 0, "0660"),
     ] {
         let node = w.join("devnodes").join(name);
         let made = Command::new("mknod")
-            .args(["-m", "0666"])
+            .args(["-m", mode])
             .arg(&node)
             .args(["c", &major.to_string(), &minor.to_string()])
             .status()
@@ -700,8 +701,24 @@ fn e2e_enable_now_and_doctor() {
     assert!(sb.run(&["verify", "9115"]).status.success());
     let conf = w.join("pve/lxc/9115.conf");
     let mut text_conf = std::fs::read_to_string(&conf).unwrap();
-    text_conf.push_str("dev0: /dev/nvidia-uvm\nlxc.cgroup2.devices.allow: c 195:* rwm\n");
-    std::fs::write(&conf, text_conf).unwrap();
+    text_conf.push_str(
+        "dev0: /dev/nvidia-uvm\nlxc.cgroup2.devices.allow: c 195:* rwm\nunprivileged: 1\n",
+    );
+    std::fs::write(&conf, text_conf.clone()).unwrap();
+    let unprivileged = sb.run(&["doctor", "9115"]);
+    let shown = String::from_utf8_lossy(&unprivileged.stdout).into_owned();
+    assert!(
+        shown.contains("FAIL  CT 9115: unprivileged access: container root (a mapped uid) cannot open nvidia-uvm"),
+        "{shown}"
+    );
+    std::fs::write(
+        &conf,
+        text_conf.replace(
+            "dev0: /dev/nvidia-uvm\n",
+            "dev0: /dev/nvidia-uvm,mode=0666\n",
+        ),
+    )
+    .unwrap();
 
     let after = sb.run(&["doctor", "--json", "9115"]);
     let checks: Value = serde_json::from_slice(&after.stdout).unwrap();
