@@ -340,8 +340,7 @@ fn installer_log_tail(root: &RootFs) -> String {
 const REQUIRED_NODES: [&str; 2] = ["/dev/nvidiactl", "/dev/nvidia0"];
 
 /// `nvidia-smi` inside reports exactly the host's version (and `nvcc` runs
-/// when CUDA is configured). A missing device node is named: that is a
-/// passthrough problem, not a reason to reinstall.
+/// when CUDA is configured).
 pub fn verify(
     exec: &dyn Exec,
     root: &RootFs,
@@ -349,18 +348,33 @@ pub fn verify(
     settings: &Settings,
 ) -> Result<DriverVersion> {
     let quick = Duration::from_secs(settings.command_timeout_secs);
+    let reported = verify_driver(exec, root, host, quick)?;
+    if settings.cuda.is_some() {
+        verify_nvcc(exec, quick)?;
+    }
+    Ok(reported)
+}
+
+/// `nvidia-smi` inside reports exactly the host's version. A missing device
+/// node is named: that is a passthrough problem, not a reason to reinstall.
+pub fn verify_driver(
+    exec: &dyn Exec,
+    root: &RootFs,
+    host: &DriverVersion,
+    timeout: Duration,
+) -> Result<DriverVersion> {
     let out = exec.exec(ContainerCommand::new(
         &[
             "nvidia-smi",
             "--query-gpu=driver_version",
             "--format=csv,noheader",
         ],
-        quick,
+        timeout,
     ))?;
     if !out.success() {
         let missing: Vec<&str> = REQUIRED_NODES
             .into_iter()
-            .filter(|n| root.kind(n) != Kind::CharDevice)
+            .filter(|n| root.kind(n) == Kind::Missing)
             .collect();
         let why = if missing.is_empty() {
             String::new()
@@ -381,20 +395,22 @@ pub fn verify(
     if &reported != host {
         bail!("nvidia-smi in the container reports {reported}, the host's module is {host}");
     }
-    if settings.cuda.is_some() {
-        let out = exec.exec(ContainerCommand::new(
-            &["/usr/local/cuda/bin/nvcc", "--version"],
-            quick,
-        ))?;
-        if !out.success() {
-            bail!(
-                "nvcc in the container: {}: {}",
-                out.describe_status(),
-                out.diagnostic()
-            );
-        }
-    }
     Ok(reported)
+}
+
+pub fn verify_nvcc(exec: &dyn Exec, timeout: Duration) -> Result<()> {
+    let out = exec.exec(ContainerCommand::new(
+        &["/usr/local/cuda/bin/nvcc", "--version"],
+        timeout,
+    ))?;
+    if !out.success() {
+        bail!(
+            "nvcc in the container: {}: {}",
+            out.describe_status(),
+            out.diagnostic()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

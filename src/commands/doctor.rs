@@ -15,9 +15,10 @@ use super::{Ctx, Lookup, Target};
 use crate::cli::DoctorArgs;
 use crate::container::driver::{self, InstalledDriver};
 use crate::container::rootfs::Kind;
-use crate::container::{ContainerCommand, Exec, LxcAttach};
+use crate::container::LxcAttach;
+use crate::pipeline;
 use crate::storage;
-use crate::version::{self, DriverVersion};
+use crate::version::DriverVersion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -475,60 +476,34 @@ fn container_checks(
             _ => report.add(scope, "node inside", Level::Warn, format!("{path} present but not a character device"), None),
         }
     }
-    let settings = &target.settings;
-    let quick = Duration::from_secs(settings.command_timeout_secs);
-    match LxcAttach::new(vmid) {
-        Ok(exec) => {
-            match exec.exec(ContainerCommand::new(
-                &[
-                    "nvidia-smi",
-                    "--query-gpu=driver_version",
-                    "--format=csv,noheader",
-                ],
-                quick,
-            )) {
-                Ok(out) if out.success() => {
-                    match (version::from_nvidia_smi(&out.stdout_text()), host) {
-                        (Ok(v), Some(h)) if &v == h => {
-                            report.add(scope, "nvidia-smi", Level::Ok, format!("reports {v}"), None)
-                        }
-                        (Ok(v), _) => report.add(
-                            scope,
-                            "nvidia-smi",
-                            Level::Fail,
-                            format!("reports {v}, not the host's version"),
-                            Some(format!("pve-nvidia-hook install {vmid}")),
-                        ),
-                        (Err(e), _) => report.add(scope, "nvidia-smi", Level::Fail, e, None),
-                    }
-                }
-                Ok(out) => report.add(
-                    scope,
-                    "nvidia-smi",
-                    Level::Fail,
-                    format!("{}: {}", out.describe_status(), out.diagnostic()),
-                    None,
-                ),
+    let quick = Duration::from_secs(target.settings.command_timeout_secs);
+    match (LxcAttach::new(vmid), host) {
+        (Ok(exec), Some(host)) => {
+            match pipeline::verify_driver(&exec, &root, host, quick) {
+                Ok(v) => report.add(scope, "nvidia-smi", Level::Ok, format!("reports {v}"), None),
                 Err(e) => report.add(scope, "nvidia-smi", Level::Fail, format!("{e:#}"), None),
             }
-            if settings.cuda.is_some() {
-                match exec.exec(ContainerCommand::new(
-                    &["/usr/local/cuda/bin/nvcc", "--version"],
-                    quick,
-                )) {
-                    Ok(out) if out.success() => report.add(scope, "nvcc", Level::Ok, "runs", None),
-                    Ok(out) => report.add(
+            if target.settings.cuda.is_some() {
+                match pipeline::verify_nvcc(&exec, quick) {
+                    Ok(()) => report.add(scope, "nvcc", Level::Ok, "runs", None),
+                    Err(e) => report.add(
                         scope,
                         "nvcc",
                         Level::Fail,
-                        format!("{}: {}", out.describe_status(), out.diagnostic()),
+                        format!("{e:#}"),
                         Some(format!("pve-nvidia-hook install --force {vmid}")),
                     ),
-                    Err(e) => report.add(scope, "nvcc", Level::Fail, format!("{e:#}"), None),
                 }
             }
         }
-        Err(e) => report.add(scope, "nvidia-smi", Level::Fail, format!("{e:#}"), None),
+        (Ok(_), None) => report.add(
+            scope,
+            "nvidia-smi",
+            Level::Warn,
+            "not run: no host version to compare with",
+            None,
+        ),
+        (Err(e), _) => report.add(scope, "nvidia-smi", Level::Fail, format!("{e:#}"), None),
     }
     match root.free_bytes("/var/tmp") {
         Ok(free) if free >= TMP_NEEDED => report.add(
