@@ -22,6 +22,18 @@ pub enum Reason {
     Passthrough,
 }
 
+impl Reason {
+    /// The name `status --json` uses too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Config => "config",
+            Reason::Phoenix => "phoenix",
+            Reason::Tag => "tag",
+            Reason::Passthrough => "passthrough",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub wanted: bool,
@@ -162,6 +174,18 @@ mod tests {
                 reason: None
             }
         );
+    }
+
+    #[test]
+    fn reason_names_match_the_json() {
+        for r in [
+            Reason::Config,
+            Reason::Phoenix,
+            Reason::Tag,
+            Reason::Passthrough,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn open_append_nofollow(path: &Path, mode: u32) -> Result<File> {
         .append(true)
         .create(true)
         .mode(mode)
-        .custom_flags(libc_o_nofollow())
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))
 }
@@ -94,8 +94,4 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing {}", path.display()))
-}
-
-pub fn libc_o_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }

@@ -22,18 +22,9 @@ impl Locks {
         }
     }
 
-    fn open(&self, name: &str) -> Result<fslock::LockFile> {
-        fsutil::ensure_private_dir(&self.dir)?;
-        let path = self.dir.join(name);
-        // Create it ourselves first: fslock's own open would follow a symlink
-        // planted at this name.
-        drop(fsutil::open_append_nofollow(&path, 0o600)?);
-        fslock::LockFile::open(&path).with_context(|| format!("opening lock {}", path.display()))
-    }
-
     /// The container's install lock, or None when another process holds it.
     pub fn try_container(&self, vmid: Vmid) -> Result<Option<fslock::LockFile>> {
-        let mut lock = self.open(&format!("{vmid}.lock"))?;
+        let mut lock = open_lock(&self.dir, &format!("{vmid}.lock"))?;
         Ok(lock.try_lock().context("locking")?.then_some(lock))
     }
 
@@ -53,7 +44,7 @@ impl Locks {
     /// slots bound how many installers run at once (each extracts ~1 GB).
     pub fn install_slot(&self, slots: u32, mut waiting: impl FnMut()) -> Result<fslock::LockFile> {
         let mut locks = (0..slots)
-            .map(|n| self.open(&format!("install-slot-{n}.lock")))
+            .map(|n| open_lock(&self.dir, &format!("install-slot-{n}.lock")))
             .collect::<Result<Vec<_>>>()?;
         let mut told = false;
         loop {
@@ -73,14 +64,19 @@ impl Locks {
     /// Serialises downloads of one file: the second installer waits, then
     /// finds the verified file in the cache.
     pub fn download(&self, cache_dir: &Path, name: &str) -> Result<fslock::LockFile> {
-        fsutil::ensure_private_dir(cache_dir)?;
-        let path = cache_dir.join(format!(".{name}.lock"));
-        drop(fsutil::open_append_nofollow(&path, 0o600)?);
-        let mut lock = fslock::LockFile::open(&path)
-            .with_context(|| format!("opening lock {}", path.display()))?;
+        let mut lock = open_lock(cache_dir, &format!(".{name}.lock"))?;
         lock.lock().context("locking download")?;
         Ok(lock)
     }
+}
+
+/// A lock file in a private folder, created by us first: fslock's own open
+/// would follow a symlink planted at its name.
+fn open_lock(dir: &Path, name: &str) -> Result<fslock::LockFile> {
+    fsutil::ensure_private_dir(dir)?;
+    let path = dir.join(name);
+    drop(fsutil::open_append_nofollow(&path, 0o600)?);
+    fslock::LockFile::open(&path).with_context(|| format!("opening lock {}", path.display()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use crate::container::LxcAttach;
 use crate::pipeline;
 use crate::storage;
 use crate::version::DriverVersion;
+use crate::vmid::Vmid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,19 +87,20 @@ impl Report {
 pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
     let mut report = Report { checks: Vec::new() };
-    let host = host_checks(&ctx, &mut report)?;
     let nodes = host_nodes(&ctx.config().paths.dev);
-    let vmids = if args.vmids.is_empty() {
+    let host = host_checks(&ctx, &nodes, &mut report);
+    let lookups: Vec<(Vmid, Result<Lookup>)> = if args.vmids.is_empty() {
         super::status::all_containers(&ctx)?
             .into_iter()
-            .filter(|&v| matches!(ctx.lookup(v), Ok(Lookup::Container(t)) if t.request.wanted))
+            .map(|v| (v, ctx.lookup(v)))
+            .filter(|(_, l)| matches!(l, Ok(Lookup::Container(t)) if t.request.wanted))
             .collect()
     } else {
-        args.vmids.clone()
+        args.vmids.iter().map(|&v| (v, ctx.lookup(v))).collect()
     };
-    for vmid in vmids {
+    for (vmid, lookup) in lookups {
         let scope = format!("CT {vmid}");
-        match ctx.lookup(vmid) {
+        match lookup {
             Ok(Lookup::Container(target)) => {
                 container_checks(&ctx, &target, host.as_ref(), &nodes, &mut report, &scope)
             }
@@ -138,7 +140,7 @@ pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
     })
 }
 
-fn host_checks(ctx: &Ctx, report: &mut Report) -> Result<Option<DriverVersion>> {
+fn host_checks(ctx: &Ctx, nodes: &[Node], report: &mut Report) -> Option<DriverVersion> {
     let version = match ctx.host.driver_version() {
         Ok(Some((v, _))) => {
             report.add(
@@ -165,7 +167,6 @@ fn host_checks(ctx: &Ctx, report: &mut Report) -> Result<Option<DriverVersion>> 
             None
         }
     };
-    let nodes = host_nodes(&ctx.config().paths.dev);
     let dev = ctx.config().paths.dev.display().to_string();
     if nodes.iter().any(|n| n.name == "nvidiactl") && nodes.iter().any(|n| n.name == "nvidia0") {
         let list: Vec<String> = nodes
@@ -202,7 +203,7 @@ fn host_checks(ctx: &Ctx, report: &mut Report) -> Result<Option<DriverVersion>> 
             Some("load it at boot: echo nvidia-uvm > /etc/modules-load.d/nvidia-uvm.conf, and create the node with a oneshot unit running nvidia-modprobe -c 0 -u".into()),
         );
     }
-    Ok(version)
+    version
 }
 
 fn host_nodes(dev: &Path) -> Vec<Node> {
@@ -248,13 +249,7 @@ fn container_checks(
             scope,
             "requested",
             Level::Ok,
-            format!(
-                "yes ({})",
-                serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            ),
+            format!("yes ({})", reason.as_str()),
             None,
         ),
         _ => report.add(

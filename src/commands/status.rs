@@ -127,13 +127,7 @@ fn table(rows: &[Row]) -> String {
     ]];
     for r in rows {
         let requested = match (r.requested, r.reason) {
-            (true, Some(reason)) => format!(
-                "yes ({})",
-                serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            ),
+            (true, Some(reason)) => format!("yes ({})", reason.as_str()),
             (true, None) => "yes".into(),
             (false, _) => "no".into(),
         };
