@@ -225,6 +225,8 @@ impl Fetcher<'_> {
         Ok(Some(digest))
     }
 
+    /// Streams into a temporary name, verifies, then renames into the cache;
+    /// on any failure the temporary file is removed.
     fn download(
         &self,
         url: &str,
@@ -233,54 +235,20 @@ impl Fetcher<'_> {
         expected: Option<&str>,
     ) -> Result<Runfile, Attempt> {
         let partial = self.cache_dir.join(format!(".{name}.partial"));
-        let result = (|| {
-            let mut last_error = None;
-            for attempt in 1..=ATTEMPTS {
-                if attempt > 1 {
-                    std::thread::sleep(backoff(attempt));
-                }
-                let response = match get_with_retries(&self.agent(), url, self.log) {
-                    Ok(r) => r,
-                    Err(e) => return Err(e),
-                };
-                match self.stream(response, url, &partial) {
-                    Ok(outcome) => return Ok(outcome),
-                    Err(e) => {
-                        (self.log)(&format!(
-                            "download of {url} broke off (attempt {attempt}/{ATTEMPTS}): {e:#}"
-                        ));
-                        last_error = Some(e);
-                    }
-                }
-            }
-            Err(Attempt::Failed(
-                last_error.unwrap_or_else(|| anyhow!("download failed")),
-            ))
-        })();
-        let (actual, size) = match result {
-            Ok(done) => done,
-            Err(e) => {
+        let (actual, size) = self
+            .fetch_verified(url, &partial, expected)
+            .and_then(|(actual, size)| {
+                fsutil::write_atomic(&digest_path(cached), actual.as_bytes(), 0o600)
+                    .and_then(|()| {
+                        std::fs::rename(&partial, cached)
+                            .with_context(|| format!("renaming into {}", cached.display()))
+                    })
+                    .map(|()| (actual, size))
+                    .map_err(Attempt::Failed)
+            })
+            .inspect_err(|_| {
                 let _ = std::fs::remove_file(&partial);
-                return Err(e);
-            }
-        };
-        if let Some(expected) = expected {
-            if actual != expected {
-                let _ = std::fs::remove_file(&partial);
-                return Err(Attempt::Failed(anyhow!(
-                    "sha256 mismatch for {url}: expected {expected}, got {actual}; the file was discarded"
-                )));
-            }
-        }
-        let finish = || -> Result<()> {
-            fsutil::write_atomic(&digest_path(cached), actual.as_bytes(), 0o600)?;
-            std::fs::rename(&partial, cached)
-                .with_context(|| format!("renaming into {}", cached.display()))
-        };
-        finish().map_err(|e| {
-            let _ = std::fs::remove_file(&partial);
-            Attempt::Failed(e)
-        })?;
+            })?;
         (self.log)(&format!(
             "downloaded {name} ({} MB), sha256 {actual}",
             size / 1_000_000
@@ -290,6 +258,41 @@ impl Fetcher<'_> {
             name: name.to_string(),
             size,
         })
+    }
+
+    /// The file at `partial` with its digest and size, after bounded
+    /// attempts; refused when it does not match `expected`.
+    fn fetch_verified(
+        &self,
+        url: &str,
+        partial: &Path,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), Attempt> {
+        let mut last_error = None;
+        for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                std::thread::sleep(backoff(attempt));
+            }
+            let response = get_with_retries(&self.agent(), url, self.log)?;
+            match self.stream(response, url, partial) {
+                Ok((actual, _)) if expected.is_some_and(|e| e != actual) => {
+                    return Err(Attempt::Failed(anyhow!(
+                        "sha256 mismatch for {url}: expected {}, got {actual}; the file was discarded",
+                        expected.unwrap_or_default()
+                    )))
+                }
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    (self.log)(&format!(
+                        "download of {url} broke off (attempt {attempt}/{ATTEMPTS}): {e:#}"
+                    ));
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(Attempt::Failed(
+            last_error.unwrap_or_else(|| anyhow!("download failed")),
+        ))
     }
 
     fn stream(&self, response: ureq::Response, url: &str, partial: &Path) -> Result<(String, u64)> {
