@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::{CudaConfig, Settings};
-use crate::container::driver::{self, ALTERNATE_INSTALL_MARKER, INSTALLER_LOG};
+use crate::container::driver::{InstalledDriver, ALTERNATE_INSTALL_MARKER, INSTALLER_LOG};
 use crate::container::rootfs::{Kind, RootFs};
 use crate::container::{ContainerCommand, Exec};
 use crate::process::last_lines;
@@ -19,6 +19,8 @@ use crate::version::{self, DriverVersion};
 pub struct Job<'a> {
     pub settings: &'a Settings,
     pub host: &'a DriverVersion,
+    /// What the decision to install was taken on.
+    pub installed: &'a InstalledDriver,
     pub ostype: Option<&'a str>,
     pub exec: &'a dyn Exec,
     pub root: &'a RootFs,
@@ -51,15 +53,12 @@ pub fn run(job: &Job) -> Result<()> {
         stage("dependencies", || dependencies(job))?;
     }
     stage("driver", || {
-        let mut args = job.settings.installer_args.clone();
-        args.push("--tmpdir".into());
-        push_and_run(
-            job,
-            &runfile,
-            &args,
-            Duration::from_secs(job.settings.installer_timeout_secs),
-            "NVIDIA",
-        )
+        let installer = Installer {
+            label: "NVIDIA",
+            args: &job.settings.installer_args,
+            pass_tmpdir: true,
+        };
+        push_and_run(job, &runfile, &installer)
     })?;
     if let Some(cuda) = &job.settings.cuda {
         stage("cuda", || install_cuda(job, cuda))?;
@@ -137,17 +136,13 @@ fn apt(argv: &[&str]) -> ContainerCommand {
 
 fn cleanup(job: &Job) -> Result<()> {
     if job.root.kind("/usr/bin/dpkg-query") == Kind::File {
-        let out = in_ct(
+        let out = must(
             job,
-            &["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Package}\n"],
+            ContainerCommand::new(
+                &["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Package}\n"],
+                job.quick(),
+            ),
         )?;
-        if !out.success() {
-            bail!(
-                "dpkg-query in the container: {}: {}",
-                out.describe_status(),
-                out.diagnostic()
-            );
-        }
         let packages: Vec<String> = out
             .stdout_text()
             .lines()
@@ -178,7 +173,7 @@ fn cleanup(job: &Job) -> Result<()> {
     let mut remnants = vec![ALTERNATE_INSTALL_MARKER];
     let record_dir = "/var/lib/nvidia";
     if job.root.kind(record_dir) == Kind::Symlink
-        || matches!(driver::detect(job.root), driver::InstalledDriver::Broken(_))
+        || matches!(job.installed, InstalledDriver::Broken(_))
     {
         remnants.push(record_dir);
     }
@@ -212,26 +207,29 @@ fn install_cuda(job: &Job, cuda: &CudaConfig) -> Result<()> {
             .map(str::to_ascii_lowercase)
             .as_deref(),
     )?;
-    push_and_run(
-        job,
-        &runfile,
-        &cuda.installer_args,
-        Duration::from_secs(job.settings.installer_timeout_secs),
-        "CUDA",
-    )
+    let installer = Installer {
+        label: "CUDA",
+        args: &cuda.installer_args,
+        // The CUDA runfile takes its folder from TMPDIR alone.
+        pass_tmpdir: false,
+    };
+    push_and_run(job, &runfile, &installer)
+}
+
+/// How to run one runfile.
+struct Installer<'a> {
+    label: &'a str,
+    args: &'a [String],
+    /// Also name the working folder with `--tmpdir` (nvidia-installer's
+    /// flag; TMPDIR is always set).
+    pass_tmpdir: bool,
 }
 
 /// Streams the runfile into a fresh directory in the container over
 /// lxc-attach's stdin (no `pct push`: it needs the config lock that the
 /// start task holds), runs it with `sh`, and removes the directory whatever
-/// happened. A trailing `--tmpdir` in `args` gets the directory appended.
-fn push_and_run(
-    job: &Job,
-    runfile: &Runfile,
-    args: &[String],
-    timeout: Duration,
-    label: &str,
-) -> Result<()> {
+/// happened.
+fn push_and_run(job: &Job, runfile: &Runfile, installer: &Installer) -> Result<()> {
     let out = must(
         job,
         ContainerCommand::new(
@@ -250,7 +248,7 @@ fn push_and_run(
             dir.escape_debug()
         );
     }
-    let result = push_and_run_in(job, runfile, args, timeout, label, &dir);
+    let result = push_and_run_in(job, runfile, installer, &dir);
     let removed = in_ct(job, &["rm", "-rf", "--", &dir]);
     if !removed.as_ref().is_ok_and(|o| o.success()) {
         log::warn!("could not remove {dir} in the container");
@@ -258,14 +256,7 @@ fn push_and_run(
     result
 }
 
-fn push_and_run_in(
-    job: &Job,
-    runfile: &Runfile,
-    args: &[String],
-    timeout: Duration,
-    label: &str,
-    dir: &str,
-) -> Result<()> {
+fn push_and_run_in(job: &Job, runfile: &Runfile, installer: &Installer, dir: &str) -> Result<()> {
     let free = job
         .root
         .free_bytes(dir)
@@ -304,13 +295,13 @@ fn push_and_run_in(
         );
     }
     let mut argv = vec!["sh".to_string(), target.clone()];
-    for arg in args {
-        argv.push(arg.clone());
-        if arg == "--tmpdir" {
-            argv.push(dir.to_string());
-        }
+    argv.extend(installer.args.iter().cloned());
+    if installer.pass_tmpdir {
+        argv.extend(["--tmpdir".to_string(), dir.to_string()]);
     }
+    let label = installer.label;
     log::info!("running {label} installer {}", runfile.name);
+    let timeout = Duration::from_secs(job.settings.installer_timeout_secs);
     let mut cmd = ContainerCommand::new(&argv, timeout).env("TMPDIR", dir);
     cmd.max_stdout = 256 * 1024;
     let out = job.exec.exec(cmd)?;

@@ -43,7 +43,8 @@ pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) ->
     let root = ctx
         .open_container(vmid)?
         .ok_or_else(|| anyhow!("container is not running"))?;
-    if let Action::Install(reason) = decision::decide(host, &driver::detect(&root), force) {
+    let installed = driver::detect(&root);
+    if let Action::Install(reason) = decision::decide(host, &installed, force) {
         log::info!("installing NVIDIA driver {host}: {reason}");
     } else {
         log::info!("NVIDIA driver {host} up to date");
@@ -62,6 +63,7 @@ pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) ->
     let job = Job {
         settings: &target.settings,
         host,
+        installed: &installed,
         ostype: target.pct.ostype(),
         exec: &exec,
         root: &root,
