@@ -53,7 +53,7 @@ fn enable_one(
     let target = ctx.container(vmid)?;
     let mut set = Vec::new();
     match target.pct.hookscript() {
-        Some(current) if current == volume || is_ours(current) => {}
+        Some(current) if is_ours(current) => {}
         Some(other) if args.chain => {
             if args.dry_run {
                 println!("would record CT {vmid}'s hookscript {other}: ours calls it first for every phase");
@@ -98,14 +98,7 @@ fn enable_one(
 
 fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
     logging::set_vmid(target.vmid);
-    let host = ctx
-        .host_version()?
-        .ok_or_else(|| anyhow!("no NVIDIA kernel module loaded on the host; nothing to install"))?;
-    let code = super::install::install(ctx, target, &host, false)?;
-    if code != ExitCode::SUCCESS {
-        bail!("install failed");
-    }
-    Ok(())
+    super::install::install_for_host(ctx, target, false)
 }
 
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {

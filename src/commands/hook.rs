@@ -80,7 +80,8 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
         Action::Install(reason) => {
             log::info!("install needed: {reason}");
             if !target.settings.background {
-                return super::install::install(&ctx, &target, &host, false);
+                super::install::install(&ctx, &target, &host, false)?;
+                return Ok(ExitCode::SUCCESS);
             }
             if ctx.locks.is_installing(vmid) {
                 log::info!("already installing");

@@ -22,18 +22,24 @@ pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
     if !target.request.wanted {
         log::warn!("NVIDIA is not requested for this container; installing because you asked");
     }
+    install_for_host(&ctx, &target, args.force)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The install for the version of the host's loaded module.
+pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool) -> Result<()> {
     let host = ctx
         .host_version()?
         .ok_or_else(|| anyhow!("no NVIDIA kernel module loaded on the host; nothing to install"))?;
-    install(&ctx, &target, &host, args.force)
+    install(ctx, target, &host, force)
 }
 
-pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) -> Result<ExitCode> {
+pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) -> Result<()> {
     let vmid = target.vmid;
     ctx.check_config_trusted()?;
     let Some(_lock) = ctx.locks.try_container(vmid)? else {
         log::info!("already installing");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     };
     let slots = target.settings.max_concurrent_installs;
     let _slot = ctx.locks.install_slot(slots, || {
@@ -48,7 +54,7 @@ pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) ->
         log::info!("installing NVIDIA driver {host}: {reason}");
     } else {
         log::info!("NVIDIA driver {host} up to date");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     let exec = LxcAttach::new(vmid)?;
     let cache = &ctx.config().paths.cache;
@@ -75,5 +81,5 @@ pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) ->
     }
     outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
     log::info!("NVIDIA driver {host} installed and verified");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
