@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{self, text, write, FileServer, TempDir};
+use crate::support::{self, expect_exit, text, write, FileServer, TempDir};
 
 const V1: &str = "550.54.14";
 const V2: &str = "550.90.07";
@@ -351,12 +351,7 @@ fn e2e_prior_apt_packages_are_purged() {
         .status
         .success());
     let out = sb.hook(9104, "post-start");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("purging nvidia-driver-libs"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 0, "purging nvidia-driver-libs");
     assert!(
         !sb.inside(9104, &["dpkg", "-s", "nvidia-driver-libs"])
             .status
@@ -464,8 +459,7 @@ fn e2e_failures_then_retry() {
     sb.config["runfile_sha256"][V1] = json!("0".repeat(64));
     sb.write_config();
     let out = sb.hook(9110, "post-start");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("sha256 mismatch"), "{}", text(&out));
+    expect_exit(&out, 1, "sha256 mismatch");
     assert!(!sb
         .dir()
         .join(format!("cache/NVIDIA-Linux-x86_64-{V1}.run"))
@@ -624,12 +618,7 @@ fn e2e_junk_remnants_and_full_tmp() {
         ],
     );
     let full = sb.run(&["install", "--force", "9114"]);
-    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
-    assert!(
-        stderr(&full).contains("not enough space in the container's /var/tmp"),
-        "{}",
-        text(&full)
-    );
+    expect_exit(&full, 1, "not enough space in the container's /var/tmp");
     assert_eq!(
         sb.inside_ok(9114, &["find", "/var/tmp", "-mindepth", "1"])
             .trim(),
@@ -767,12 +756,7 @@ fn e2e_full_cache() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     let _ = Command::new("umount").arg(&cache).status();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("No space left on device"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 1, "No space left on device");
     assert_eq!(sb.attach_calls(), 0);
     assert!(left.iter().all(|n| n.ends_with(".lock")), "{left:?}");
 }

@@ -7,7 +7,7 @@ use std::process::Output;
 
 use serde_json::{json, Value};
 
-use crate::support::{self, text, write, FileServer, TempDir};
+use crate::support::{self, expect_exit, text, write, FileServer, TempDir};
 
 pub const V1: &str = "550.54.14";
 const V2: &str = "550.90.07";
@@ -332,12 +332,7 @@ fn bad_digest_is_refused_and_never_cached() {
     );
     host.set("runfile_sha256", json!("0".repeat(64)));
     let out = host.run(&["install", "105"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 1, "sha256 mismatch");
     assert!(host.calls().is_empty(), "{:?}", host.calls());
     let cached: Vec<_> = std::fs::read_dir(host.path().join("cache"))
         .unwrap()
@@ -362,12 +357,7 @@ fn http_without_configured_digest_is_refused() {
         json!(server.url("NVIDIA-Linux-x86_64-{version}.run")),
     );
     let out = host.run(&["install", "106"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("runfile_sha256"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 1, "runfile_sha256");
     assert_eq!(server.count(&format!("NVIDIA-Linux-x86_64-{V1}.run")), 0);
 }
 
@@ -471,12 +461,7 @@ fn missing_device_node_fails_verify_but_does_not_reinstall() {
     let ct = host.container(112, TAGGED);
     std::fs::remove_file(ct.join("dev/nvidia0")).unwrap();
     let out = host.run(&["112", "post-start"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/dev/nvidia0 missing in the container"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 1, "/dev/nvidia0 missing in the container");
     let verify = host.run(&["verify", "112"]);
     assert_eq!(verify.status.code(), Some(1));
     assert!(
@@ -601,12 +586,7 @@ fn no_host_driver_is_a_warning_in_hook_mode_and_an_error_by_hand() {
     std::fs::remove_file(host.path().join("sys/module/nvidia/version")).unwrap();
     // The host's own nvidia-smi would be the last resort: make sure there is none.
     let out = host.run(&["121", "post-start"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no NVIDIA kernel module"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 0, "no NVIDIA kernel module");
     assert_eq!(host.run(&["install", "121"]).status.code(), Some(1));
 }
 
@@ -664,12 +644,7 @@ fn writable_config_is_refused_for_installs() {
     host.container(124, TAGGED);
     set_mode(&host.config_path(), 0o666);
     let out = host.run(&["install", "124"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("chmod go-w"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 1, "chmod go-w");
     assert!(host.calls().is_empty());
 }
 

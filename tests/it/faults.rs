@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::fake_host::{set_mode, FakeHost, TAGGED, V1};
-use crate::support::{self, text, write, FileServer, BIN};
+use crate::support::{self, expect_exit, text, write, FileServer, BIN};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -89,12 +89,7 @@ fn nvidia_smi_printing_junk_or_hanging_is_an_error_within_the_limit() {
     assert!(host.run(&["132", "post-start"]).status.success());
     write(&ct.join("smi-mode"), "junk");
     let junk = host.run(&["verify", "132"]);
-    assert_eq!(junk.status.code(), Some(1), "{}", text(&junk));
-    assert!(
-        stderr(&junk).contains("not an NVIDIA driver version"),
-        "{}",
-        text(&junk)
-    );
+    expect_exit(&junk, 1, "not an NVIDIA driver version");
     assert!(
         stderr(&junk).len() < 4096,
         "bounded: {} bytes",
@@ -102,8 +97,7 @@ fn nvidia_smi_printing_junk_or_hanging_is_an_error_within_the_limit() {
     );
     write(&ct.join("smi-mode"), "hang");
     let hang = host.run(&["verify", "132"]);
-    assert_eq!(hang.status.code(), Some(1), "{}", text(&hang));
-    assert!(stderr(&hang).contains("timed out"), "{}", text(&hang));
+    expect_exit(&hang, 1, "timed out");
 }
 
 #[test]
@@ -113,12 +107,7 @@ fn hanging_installer_is_killed_at_its_limit() {
     host.container(133, TAGGED);
     host.slow_runfile(V1, 1000);
     let out = host.run(&["install", "133"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        stderr(&out).contains("timed out and was killed"),
-        "{}",
-        text(&out)
-    );
+    expect_exit(&out, 1, "timed out and was killed");
     assert_eq!(
         std::fs::read_dir(host.ct(133).join("var/tmp"))
             .unwrap()
@@ -149,8 +138,7 @@ fn writable_cache_is_refused() {
         )),
     );
     let out = host.run(&["install", "134"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("chmod go-w"), "{}", text(&out));
+    expect_exit(&out, 1, "chmod go-w");
     assert!(host.calls().is_empty());
     assert_eq!(server.count(&format!("NVIDIA-Linux-x86_64-{V1}.run")), 0);
 }
@@ -340,8 +328,7 @@ fn bad_container_configs() {
         format!("tags: nvidia\ndescription: {}\n", "x".repeat(10 << 20)),
     );
     let out = host.run(&["151", "post-start"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("larger than"), "{}", text(&out));
+    expect_exit(&out, 1, "larger than");
     assert!(host.calls().is_empty());
 
     host.container(152, "");

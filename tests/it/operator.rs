@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use serde_json::Value;
 
 use crate::fake_host::{FakeHost, TAGGED};
-use crate::support::{text, write};
+use crate::support::{expect_exit, text, write};
 
 const SNIPPET: &str = include_str!("../../hooks/pve-nvidia-hook");
 
@@ -129,12 +129,7 @@ fn an_existing_hookscript_is_kept_only_with_chain_and_restored_by_disable() {
     .unwrap();
 
     let refused = host.run(&["enable", "163"]);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--chain"),
-        "{}",
-        text(&refused)
-    );
+    expect_exit(&refused, 1, "--chain");
     assert!(pct_log(&host).is_empty());
 
     let out = host.run(&["enable", "--chain", "163"]);

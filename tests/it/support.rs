@@ -48,6 +48,16 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// The command exited with `code` and said `needle` on stderr.
+pub fn expect_exit(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "{}",
+        text(out)
+    );
+}
+
 pub fn run(args: &[&str], path_prefix: Option<&Path>, config: &Path) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
