@@ -146,8 +146,13 @@ impl FakeHost {
         self.path().join(format!("ct{vmid}"))
     }
 
+    /// The binary as the fake host's Proxmox would start it.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        support::command(args, Some(&self.path().join("bin")), &self.config_path())
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
-        support::run(args, Some(&self.path().join("bin")), &self.config_path())
+        self.command(args).output().unwrap()
     }
 
     pub fn calls(&self) -> Vec<String> {

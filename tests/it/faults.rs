@@ -5,13 +5,12 @@
 //! in e2e.rs.)
 
 use std::os::unix::fs::symlink;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::fake_host::{set_mode, FakeHost, TAGGED, V1};
-use crate::support::{self, expect_exit, text, write, FileServer, BIN};
+use crate::support::{self, expect_exit, text, write, FileServer};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -167,17 +166,8 @@ fn planted_symlinks_at_lock_and_log_files_are_not_followed() {
 fn children_get_a_clean_environment_and_a_fixed_path() {
     let host = FakeHost::new();
     host.container(137, TAGGED);
-    let out = Command::new(BIN)
-        .args(["137", "post-start"])
-        .env("PVE_NVIDIA_HOOK_CONFIG", host.config_path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                host.path().join("bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
+    let out = host
+        .command(&["137", "post-start"])
         .env("LD_LIBRARY_PATH", "/nonexistent/evil")
         .env("SECRET_TOKEN", "hunter2")
         .output()
@@ -214,17 +204,8 @@ fn sigkill_in_the_middle_then_the_next_start_retries() {
     let host = FakeHost::new();
     host.container(139, TAGGED);
     host.slow_runfile(V1, 3);
-    let mut child = Command::new(BIN)
-        .args(["install", "139"])
-        .env("PVE_NVIDIA_HOOK_CONFIG", host.config_path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                host.path().join("bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
+    let mut child = host
+        .command(&["install", "139"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

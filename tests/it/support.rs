@@ -58,7 +58,8 @@ pub fn expect_exit(out: &Output, code: i32, needle: &str) {
     );
 }
 
-pub fn run(args: &[&str], path_prefix: Option<&Path>, config: &Path) -> Output {
+/// The binary with its configuration and, first on PATH, `path_prefix`.
+pub fn command(args: &[&str], path_prefix: Option<&Path>, config: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env("PVE_NVIDIA_HOOK_CONFIG", config)
@@ -71,7 +72,11 @@ pub fn run(args: &[&str], path_prefix: Option<&Path>, config: &Path) -> Output {
         );
         cmd.env("PATH", path);
     }
-    cmd.output().unwrap()
+    cmd
+}
+
+pub fn run(args: &[&str], path_prefix: Option<&Path>, config: &Path) -> Output {
+    command(args, path_prefix, config).output().unwrap()
 }
 
 pub fn sha256_hex(path: &Path) -> String {
