@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::fsutil;
 use crate::process::{self, Limits};
 use crate::vmid::Vmid;

@@ -4,9 +4,11 @@
 //! Data flows one way: [`cli`] → [`config`] → [`decision`] → [`pipeline`].
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod container;
+pub mod context;
 pub mod decision;
 pub mod detach;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod pct_config;
 pub mod pipeline;
 pub mod process;
 pub mod runfile;
+pub mod snippet;
 pub mod state;
 pub mod storage;
 pub mod version;

@@ -10,13 +10,14 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::enable::{cluster_nodes, is_ours};
-use super::{Ctx, Lookup, Target};
 use crate::cli::DoctorArgs;
+use crate::cluster;
 use crate::container::driver::{self, InstalledDriver};
 use crate::container::rootfs::Kind;
 use crate::container::LxcAttach;
+use crate::context::{Ctx, Lookup, Target};
 use crate::pipeline;
+use crate::snippet::is_ours;
 use crate::storage;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
@@ -90,7 +91,7 @@ pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
     let nodes = host_nodes(&ctx.config().paths.dev);
     let host = host_checks(&ctx, &nodes, &mut report);
     let lookups: Vec<(Vmid, Result<Lookup>)> = if args.vmids.is_empty() {
-        super::status::all_containers(&ctx)?
+        ctx.all_containers()?
             .into_iter()
             .map(|v| (v, ctx.lookup(v)))
             .filter(|(_, l)| matches!(l, Ok(Lookup::Container(t)) if t.request.wanted))
@@ -586,7 +587,7 @@ fn hook_checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &str) {
         .iter()
         .find(|s| volume.starts_with(&format!("{}:", s.name)))
         .is_some_and(|s| s.is_shared());
-    if !shared && cluster_nodes(ctx) > 1 {
+    if !shared && cluster::node_count(&ctx.config().paths.pve) > 1 {
         report.add(scope, "cluster", Level::Warn, format!("{} is on node-local storage; this node has it", path.display()), Some("make sure every node this container may start on has the snippet (run pve-nvidia-hook enable there too)".into()));
     }
 }

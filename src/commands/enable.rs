@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{Ctx, Target};
 use crate::cli::{DisableArgs, EnableArgs};
+use crate::context::{Ctx, Target};
 use crate::error::usage;
 use crate::process::{self, Limits};
+use crate::snippet::{is_ours, SNIPPET, SNIPPET_NAME};
 use crate::state::Chains;
-use crate::storage;
 use crate::vmid::Vmid;
+use crate::{cluster, storage};
 use crate::{fsutil, logging};
-
-pub const SNIPPET_NAME: &str = "pve-nvidia-hook";
-pub const SNIPPET: &str = include_str!("../../hooks/pve-nvidia-hook");
 
 pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
@@ -31,7 +29,7 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         .snippet_path(SNIPPET_NAME)
         .ok_or_else(|| anyhow!("storage '{}' has no path", store.name))?;
     place_snippet(&snippet, args.dry_run)?;
-    if !store.is_shared() && cluster_nodes(&ctx) > 1 {
+    if !store.is_shared() && cluster::node_count(&ctx.config().paths.pve) > 1 {
         println!(
             "note: {} is node-local storage: the snippet must exist on every node these containers may start on",
             store.name
@@ -134,11 +132,6 @@ fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<
     Ok(())
 }
 
-/// A volume naming our snippet, on whichever storage.
-pub fn is_ours(volume: &str) -> bool {
-    volume.ends_with(&format!(":snippets/{SNIPPET_NAME}"))
-}
-
 /// Writes the snippet when it is missing or differs: a temporary file beside
 /// it, then a rename, so that a start never runs half a snippet.
 fn place_snippet(path: &PathBuf, dry_run: bool) -> Result<()> {
@@ -187,12 +180,4 @@ fn pct(vmid: Vmid, set: &[String], dry_run: bool) -> Result<()> {
     }
     println!("ran: {shown}");
     Ok(())
-}
-
-/// Nodes of the cluster this host belongs to (1 when standalone).
-pub fn cluster_nodes(ctx: &Ctx) -> usize {
-    std::fs::read_dir(ctx.config().paths.pve.join("nodes"))
-        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
-        .unwrap_or(1)
-        .max(1)
 }

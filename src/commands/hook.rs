@@ -8,8 +8,8 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Result;
 
-use super::{Ctx, Lookup};
 use crate::container::driver;
+use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Action};
 use crate::process::SAFE_PATH;
 use crate::state::Chains;

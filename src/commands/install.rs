@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 
-use super::{Ctx, Target};
 use crate::cli::InstallArgs;
 use crate::container::{driver, LxcAttach};
+use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
 use crate::logging;
 use crate::pipeline::{self, Job};

@@ -1,6 +1,5 @@
-//! One file per command; what they share is resolving a container: its
-//! Proxmox config, whether NVIDIA is requested, its settings, and access to
-//! its root file system while it runs.
+//! One file per command. What they share, resolving a container in the host
+//! context, lives in [`crate::context`].
 
 pub mod doctor;
 pub mod enable;
@@ -9,149 +8,11 @@ pub mod install;
 pub mod status;
 pub mod verify;
 
-use std::io::Read;
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
-use crate::config::{self, Config, Settings};
-use crate::container::rootfs::RootFs;
-use crate::decision::{self, Request};
-use crate::error::usage;
-use crate::host::Host;
-use crate::pct_config::{PctConfig, MAX_CONFIG_BYTES};
-use crate::process::{self, Limits};
-use crate::state::{Locks, Results};
-use crate::version::DriverVersion;
 use crate::vmid::Vmid;
-
-pub struct Ctx {
-    pub loaded: config::Loaded,
-    pub host: Host,
-    pub locks: Locks,
-    pub results: Results,
-}
-
-pub enum Lookup {
-    Container(Box<Target>),
-    /// A QEMU guest: hookscripts are shared between both kinds.
-    Vm,
-    Missing,
-}
-
-pub struct Target {
-    pub vmid: Vmid,
-    pub pct: PctConfig,
-    pub request: Request,
-    pub settings: Settings,
-}
-
-impl Ctx {
-    pub fn load(path: Option<&Path>) -> Result<Ctx> {
-        let loaded = config::load(path)?;
-        let p = &loaded.config.paths;
-        Ok(Ctx {
-            host: Host::new(&p.sys, &p.proc),
-            locks: Locks::new(&p.lock),
-            results: Results::new(&p.log),
-            loaded,
-        })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.loaded.config
-    }
-
-    pub fn lookup(&self, vmid: Vmid) -> Result<Lookup> {
-        let pve = &self.config().paths.pve;
-        let path = pve.join(format!("lxc/{vmid}.conf"));
-        let text = match read_bounded(&path) {
-            Ok(Some(text)) => text,
-            Ok(None) if pve.join(format!("qemu-server/{vmid}.conf")).exists() => {
-                return Ok(Lookup::Vm)
-            }
-            Ok(None) => return Ok(Lookup::Missing),
-            Err(e) => return Err(e),
-        };
-        let pct = PctConfig::parse(&text);
-        if pct.skipped_lines > 0 {
-            log::debug!(
-                "{}: skipped {} unparsable line(s)",
-                path.display(),
-                pct.skipped_lines
-            );
-        }
-        let config_says = self.config().overrides(vmid).and_then(|o| o.nvidia);
-        let phoenix = match (&self.config().phoenix_config, config_says) {
-            (Some(file), None) => Some(config::read_phoenix(file, vmid)?),
-            _ => None,
-        };
-        let request = decision::requested(
-            config_says,
-            phoenix.as_ref().is_some_and(|p| p.requested),
-            &pct,
-        );
-        let settings = self
-            .config()
-            .settings_for(vmid, phoenix.and_then(|p| p.runfile_url));
-        Ok(Lookup::Container(Box::new(Target {
-            vmid,
-            pct,
-            request,
-            settings,
-        })))
-    }
-
-    /// The container or a usage error (a VM, or no config at all).
-    pub fn container(&self, vmid: Vmid) -> Result<Target> {
-        match self.lookup(vmid)? {
-            Lookup::Container(t) => Ok(*t),
-            Lookup::Vm => Err(usage(format!(
-                "{vmid} is a virtual machine, not a container"
-            ))),
-            Lookup::Missing => Err(usage(format!(
-                "no container {vmid}: {} does not exist",
-                self.config()
-                    .paths
-                    .pve
-                    .join(format!("lxc/{vmid}.conf"))
-                    .display()
-            ))),
-        }
-    }
-
-    pub fn host_version(&self) -> Result<Option<DriverVersion>> {
-        Ok(self.host.driver_version()?.map(|(v, _)| v))
-    }
-
-    /// The running container's root file system; None when it is stopped.
-    pub fn open_container(&self, vmid: Vmid) -> Result<Option<RootFs>> {
-        let pid = match self.host.container_init_pid(vmid) {
-            Some(pid) => pid,
-            None => match lxc_info_pid(vmid) {
-                Some(pid) if self.host.is_namespace_init(pid) => pid,
-                _ => return Ok(None),
-            },
-        };
-        let root =
-            RootFs::open(&self.host.container_root(pid)).with_context(|| format!("CT {vmid}"))?;
-        // The pid could have exited and been reused between the two reads.
-        if !self.host.is_namespace_init(pid) {
-            bail!("CT {vmid}: its init (pid {pid}) exited while being opened");
-        }
-        Ok(Some(root))
-    }
-
-    /// Refuses to act on a configuration someone else could have written:
-    /// it decides what runs as root in every GPU container.
-    pub fn check_config_trusted(&self) -> Result<()> {
-        match &self.loaded.file {
-            Some(file) => crate::fsutil::check_trusted(file).context("configuration"),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Runs `work` for each container, reporting a failure on its own line and
 /// going on with the next; exit 1 when any failed.
@@ -168,40 +29,4 @@ pub fn for_each(vmids: &[Vmid], mut work: impl FnMut(Vmid) -> Result<()>) -> Exi
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// `lxc-info -p -H`: the one program run to find a container's init when its
-/// cgroup layout is not one we know.
-fn lxc_info_pid(vmid: Vmid) -> Option<u32> {
-    let program = process::find_program("lxc-info")?;
-    let out = process::run(
-        &program,
-        &["-n", &vmid.to_string(), "-p", "-H"],
-        Limits::quick(std::time::Duration::from_secs(10)),
-    )
-    .ok()?;
-    if !out.success() {
-        return None;
-    }
-    out.stdout_text().trim().parse().ok()
-}
-
-fn read_bounded(path: &Path) -> Result<Option<String>> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        bail!(
-            "{}: larger than {} bytes, not a Proxmox config",
-            path.display(),
-            MAX_CONFIG_BYTES
-        );
-    }
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }

@@ -3,14 +3,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
-use super::enable::is_ours;
-use super::{Ctx, Lookup};
 use crate::cli::StatusArgs;
 use crate::container::driver::{self, InstalledDriver};
+use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Observed, Reason, State};
+use crate::snippet::is_ours;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
@@ -32,7 +32,7 @@ pub struct Row {
 pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
     let vmids = if args.vmids.is_empty() {
-        all_containers(&ctx)?
+        ctx.all_containers()?
     } else {
         args.vmids.clone()
     };
@@ -62,21 +62,6 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-pub fn all_containers(ctx: &Ctx) -> Result<Vec<Vmid>> {
-    let dir = ctx.config().paths.pve.join("lxc");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut vmids: Vec<Vmid> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".conf")?.parse().ok())
-        .collect();
-    vmids.sort();
-    Ok(vmids)
 }
 
 fn row(ctx: &Ctx, vmid: Vmid, host: Option<&DriverVersion>) -> Result<Option<Row>> {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 
-use super::Ctx;
 use crate::container::LxcAttach;
+use crate::context::Ctx;
 use crate::logging;
 use crate::pipeline;
 use crate::vmid::Vmid;
