@@ -94,30 +94,60 @@ impl Default for Paths {
     }
 }
 
-/// Keys a container may override (`containers."<vmid>"`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ContainerOverrides {
-    pub nvidia: Option<bool>,
-    pub runfile_url: Option<String>,
-    pub runfile_sha256: Option<DigestSpec>,
-    pub installer_args: Option<Vec<String>>,
-    pub dependencies: Option<Vec<String>>,
-    pub cleanup: Option<bool>,
-    pub cuda: Option<CudaConfig>,
-    pub background: Option<bool>,
+/// Declares the keys that apply to every container and that a container may
+/// override (`containers."<vmid>"`), once: the struct and the merge come from
+/// the same list.
+macro_rules! layer {
+    ($($(#[$doc:meta])* $key:ident: $ty:ty,)*) => {
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+        pub struct Layer {
+            $($(#[$doc])* pub $key: Option<$ty>,)*
+        }
+
+        impl Layer {
+            /// `self` over `base`, key by key.
+            fn over(&self, base: &Layer) -> Layer {
+                Layer {
+                    $($key: self.$key.clone().or_else(|| base.$key.clone()),)*
+                }
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+layer! {
+    /// `https://`, `http://`, `file://` or an absolute path; `{version}` is the host version.
+    runfile_url: String,
+    /// A digest, or a map version → digest.
+    runfile_sha256: DigestSpec,
+    /// Flags for the driver runfile.
+    installer_args: Vec<String>,
+    /// apt packages installed in the container first.
+    dependencies: Vec<String>,
+    /// Purge conflicting distribution packages first.
+    cleanup: bool,
+    /// The CUDA toolkit runfile, toolkit only.
+    cuda: CudaConfig,
+    /// Run hook-triggered installs detached.
+    background: bool,
+}
+
+/// `containers."<vmid>"`: whether NVIDIA is requested, and overrides.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ContainerOverrides {
+    pub nvidia: Option<bool>,
+    #[serde(flatten)]
+    pub layer: Layer,
+    /// Whatever is left: unknown keys, refused by [`parse`].
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Config {
-    pub runfile_url: Option<String>,
-    pub runfile_sha256: Option<DigestSpec>,
-    pub installer_args: Option<Vec<String>>,
-    pub dependencies: Option<Vec<String>>,
-    pub cleanup: Option<bool>,
-    pub cuda: Option<CudaConfig>,
-    pub background: Option<bool>,
+    #[serde(flatten)]
+    pub layer: Layer,
     /// Accept a runfile without a trusted digest (plain http without
     /// `runfile_sha256`, or https where NVIDIA publishes no `.sha256sum`).
     pub allow_unverified_download: bool,
@@ -135,6 +165,9 @@ pub struct Config {
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
+    /// Whatever is left: unknown keys, refused by [`parse`].
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 /// Where the configuration came from, for messages and permission checks.
@@ -178,16 +211,14 @@ pub fn parse(text: &str) -> Result<Config> {
 
 impl Config {
     fn validate(&self) -> Result<()> {
-        validate_layer("", &self.runfile_url, &self.runfile_sha256, &self.cuda)?;
+        refuse_unknown("", &self.unknown)?;
+        validate_layer("", &self.layer)?;
         for (key, overrides) in &self.containers {
             key.parse::<Vmid>()
                 .map_err(|e| anyhow::anyhow!("containers: key {e}"))?;
-            validate_layer(
-                &format!("containers.\"{key}\"."),
-                &overrides.runfile_url,
-                &overrides.runfile_sha256,
-                &overrides.cuda,
-            )?;
+            let prefix = format!("containers.\"{key}\".");
+            refuse_unknown(&prefix, &overrides.unknown)?;
+            validate_layer(&prefix, &overrides.layer)?;
         }
         if self.max_concurrent_installs == Some(0) {
             anyhow::bail!("max_concurrent_installs: must be at least 1");
@@ -211,25 +242,26 @@ impl Config {
     /// The settings for one container: its overrides over the global keys
     /// over the defaults.
     pub fn settings_for(&self, vmid: Vmid, phoenix_url: Option<String>) -> Settings {
-        let o = self.overrides(vmid).cloned().unwrap_or_default();
+        let mut own = self
+            .overrides(vmid)
+            .map(|o| o.layer.clone())
+            .unwrap_or_default();
+        // The Phoenix entry's URL sits between the container's own and the global one.
+        own.runfile_url = own.runfile_url.or(phoenix_url);
+        let l = own.over(&self.layer);
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         Settings {
-            runfile_url: o
-                .runfile_url
-                .or(phoenix_url)
-                .or_else(|| self.runfile_url.clone()),
-            runfile_sha256: o.runfile_sha256.or_else(|| self.runfile_sha256.clone()),
-            installer_args: o
+            runfile_url: l.runfile_url,
+            runfile_sha256: l.runfile_sha256,
+            installer_args: l
                 .installer_args
-                .or_else(|| self.installer_args.clone())
                 .unwrap_or_else(|| strings(&DEFAULT_INSTALLER_ARGS)),
-            dependencies: o
+            dependencies: l
                 .dependencies
-                .or_else(|| self.dependencies.clone())
                 .unwrap_or_else(|| strings(&DEFAULT_DEPENDENCIES)),
-            cleanup: o.cleanup.or(self.cleanup).unwrap_or(true),
-            cuda: o.cuda.or_else(|| self.cuda.clone()),
-            background: o.background.or(self.background).unwrap_or(true),
+            cleanup: l.cleanup.unwrap_or(true),
+            cuda: l.cuda,
+            background: l.background.unwrap_or(true),
             allow_unverified_download: self.allow_unverified_download,
             max_concurrent_installs: self.max_concurrent_installs.unwrap_or(2),
             installer_timeout_secs: self.installer_timeout_secs.unwrap_or(1800),
@@ -239,12 +271,15 @@ impl Config {
     }
 }
 
-fn validate_layer(
-    prefix: &str,
-    url: &Option<String>,
-    digest: &Option<DigestSpec>,
-    cuda: &Option<CudaConfig>,
-) -> Result<()> {
+fn refuse_unknown(prefix: &str, unknown: &BTreeMap<String, serde::de::IgnoredAny>) -> Result<()> {
+    match unknown.keys().next() {
+        Some(key) => anyhow::bail!("{prefix}unknown field `{}`", key.escape_debug()),
+        None => Ok(()),
+    }
+}
+
+fn validate_layer(prefix: &str, layer: &Layer) -> Result<()> {
+    let (url, digest, cuda) = (&layer.runfile_url, &layer.runfile_sha256, &layer.cuda);
     if let Some(url) = url {
         check_url(url).with_context(|| format!("{prefix}runfile_url"))?;
     }
