@@ -5,12 +5,14 @@
 //! configuration errors (exit 2) that name the file and the key.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::error::usage;
+use crate::fsutil;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
@@ -25,12 +27,29 @@ pub const DEFAULT_RUNFILE_URLS: [&str; 2] = [
 
 /// The seed's user-space-only flags (`--accept-license` is accepted and
 /// ignored by every installer since 390, so it is left out).
-pub const DEFAULT_INSTALLER_ARGS: [&str; 5] = [
+/// `--no-opengl-files` is added unless `graphics` is true.
+pub const DEFAULT_INSTALLER_ARGS: [&str; 4] = [
     "--silent",
     "--no-kernel-module",
     "--no-x-check",
     "--no-nouveau-check",
-    "--no-opengl-files",
+];
+
+/// Left out the OpenGL, EGL and GLX libraries (and so Vulkan's).
+pub const NO_OPENGL_FILES: &str = "--no-opengl-files";
+
+/// What the graphics libraries need in the container: libglvnd complete
+/// (else the silent installer aborts on a partial one), the Vulkan loader,
+/// and the X libraries libGLX_nvidia links against.
+pub const GRAPHICS_DEPENDENCIES: [&str; 8] = [
+    "libglvnd0",
+    "libgl1",
+    "libegl1",
+    "libgles2",
+    "libopengl0",
+    "libglx0",
+    "libvulkan1",
+    "libxext6",
 ];
 
 /// What the installer needs inside the container. The seed installed
@@ -77,6 +96,9 @@ pub struct Paths {
     pub dev: PathBuf,
     /// Records that outlive a reboot: the hookscripts `enable --chain` keeps.
     pub state: PathBuf,
+    /// This node's own runfile cache, used when `cache` is on a shared file
+    /// system that cannot be locked or trusted.
+    pub local_cache: PathBuf,
 }
 
 impl Default for Paths {
@@ -86,10 +108,12 @@ impl Default for Paths {
             sys: "/sys".into(),
             proc: "/proc".into(),
             cache: "/var/cache/pve-nvidia-hook".into(),
-            lock: "/run/lock/pve-nvidia-hook".into(),
+            // Not /run/lock: it is writable by everyone (mode 1777).
+            lock: "/run/pve-nvidia-hook".into(),
             log: "/var/log/pve-nvidia-hook".into(),
             dev: "/dev".into(),
             state: "/var/lib/pve-nvidia-hook".into(),
+            local_cache: "/var/cache/pve-nvidia-hook".into(),
         }
     }
 }
@@ -130,6 +154,10 @@ layer! {
     cuda: CudaConfig,
     /// Run hook-triggered installs detached.
     background: bool,
+    /// Install the graphics libraries too (OpenGL, EGL, GLX, and with them
+    /// Vulkan); by default the install is compute-only (CUDA, OpenCL, NVENC,
+    /// NVDEC), with `--no-opengl-files`.
+    graphics: bool,
 }
 
 /// `containers."<vmid>"`: whether NVIDIA is requested, and overrides.
@@ -162,6 +190,17 @@ pub struct Config {
     /// Seconds a download may stall (connect, or no data) before the attempt
     /// is abandoned and retried.
     pub download_timeout_secs: Option<u64>,
+    /// Seconds every host-side read of a container's files may take (a
+    /// tenant's file system that never answers): then "cannot tell".
+    pub read_timeout_secs: Option<u64>,
+    /// Seconds one container's install may take in all, waits included.
+    pub install_budget_secs: Option<u64>,
+    /// Seconds an install in the foreground waits for a free slot.
+    pub slot_wait_secs: Option<u64>,
+    /// The largest download accepted, in MB (10^6 bytes).
+    pub max_download_mb: Option<u64>,
+    /// Seconds one download attempt may take in all.
+    pub download_max_secs: Option<u64>,
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
@@ -178,12 +217,17 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
 }
 
+/// The configuration decides what runs as root in every GPU container, so
+/// it is trusted only as opened: one open, no symlink followed, a regular
+/// file of root's that group and others cannot write, in folders that only
+/// root can change (see [`fsutil::open_trusted`]). Nothing it names is
+/// read or run before that.
 pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     let (path, must_exist) = match explicit {
         Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let text = match std::fs::read_to_string(&path) {
+    let text = match read_trusted(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
             return Ok(Loaded {
@@ -198,6 +242,16 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
         config,
         file: Some(path),
     })
+}
+
+/// A configuration file is small; more is not one.
+const MAX_CONFIG: u64 = 1 << 20;
+
+fn read_trusted(path: &Path) -> std::io::Result<String> {
+    let (file, _) = fsutil::open_trusted(path)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 pub fn parse(text: &str) -> Result<Config> {
@@ -227,12 +281,21 @@ impl Config {
             ("installer_timeout_secs", self.installer_timeout_secs),
             ("command_timeout_secs", self.command_timeout_secs),
             ("download_timeout_secs", self.download_timeout_secs),
+            ("read_timeout_secs", self.read_timeout_secs),
+            ("install_budget_secs", self.install_budget_secs),
+            ("slot_wait_secs", self.slot_wait_secs),
+            ("max_download_mb", self.max_download_mb),
+            ("download_max_secs", self.download_max_secs),
         ] {
             if value == Some(0) {
                 anyhow::bail!("{key}: must be at least 1");
             }
         }
         Ok(())
+    }
+
+    pub fn read_timeout_secs(&self) -> u64 {
+        self.read_timeout_secs.unwrap_or(5)
     }
 
     pub fn overrides(&self, vmid: Vmid) -> Option<&ContainerOverrides> {
@@ -262,11 +325,19 @@ impl Config {
             cleanup: l.cleanup.unwrap_or(true),
             cuda: l.cuda,
             background: l.background.unwrap_or(true),
+            graphics: l.graphics.unwrap_or(false),
             allow_unverified_download: self.allow_unverified_download,
             max_concurrent_installs: self.max_concurrent_installs.unwrap_or(2),
             installer_timeout_secs: self.installer_timeout_secs.unwrap_or(1800),
             command_timeout_secs: self.command_timeout_secs.unwrap_or(60),
             download_timeout_secs: self.download_timeout_secs.unwrap_or(60),
+            install_budget_secs: self.install_budget_secs.unwrap_or(3600),
+            slot_wait_secs: self.slot_wait_secs.unwrap_or(600),
+            max_download_bytes: self
+                .max_download_mb
+                .unwrap_or(8192)
+                .saturating_mul(1_000_000),
+            download_max_secs: self.download_max_secs.unwrap_or(3600),
         }
     }
 }
@@ -280,6 +351,25 @@ fn refuse_unknown(prefix: &str, unknown: &BTreeMap<String, serde::de::IgnoredAny
 
 fn validate_layer(prefix: &str, layer: &Layer) -> Result<()> {
     let (url, digest, cuda) = (&layer.runfile_url, &layer.runfile_sha256, &layer.cuda);
+    if layer.graphics == Some(true)
+        && layer
+            .installer_args
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|a| a == NO_OPENGL_FILES))
+    {
+        anyhow::bail!("{prefix}installer_args: {NO_OPENGL_FILES} contradicts graphics: true (leave it out: graphics decides it)");
+    }
+    if let Some(deps) = &layer.dependencies {
+        if let Some(bad) = deps
+            .iter()
+            .find(|d| !crate::container::dpkg::is_package_name(d))
+        {
+            anyhow::bail!(
+                "{prefix}dependencies: '{}' is not a Debian package name",
+                bad.escape_debug()
+            );
+        }
+    }
     if let Some(url) = url {
         check_url(url).with_context(|| format!("{prefix}runfile_url"))?;
     }
@@ -344,14 +434,44 @@ pub struct Settings {
     pub cleanup: bool,
     pub cuda: Option<CudaConfig>,
     pub background: bool,
+    pub graphics: bool,
     pub allow_unverified_download: bool,
     pub max_concurrent_installs: u32,
     pub installer_timeout_secs: u64,
     pub command_timeout_secs: u64,
     pub download_timeout_secs: u64,
+    pub install_budget_secs: u64,
+    pub slot_wait_secs: u64,
+    pub max_download_bytes: u64,
+    pub download_max_secs: u64,
 }
 
 impl Settings {
+    /// The driver installer's arguments: the configured ones, with
+    /// `--no-opengl-files` unless `graphics` is on.
+    pub fn driver_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self
+            .installer_args
+            .iter()
+            .filter(|a| *a != NO_OPENGL_FILES)
+            .cloned()
+            .collect();
+        if !self.graphics {
+            args.push(NO_OPENGL_FILES.to_string());
+        }
+        args
+    }
+
+    /// The apt packages to have in the container: the configured ones, and
+    /// the graphics libraries' when `graphics` is on.
+    pub fn all_dependencies(&self) -> Vec<String> {
+        let mut deps = self.dependencies.clone();
+        if self.graphics {
+            deps.extend(GRAPHICS_DEPENDENCIES.iter().map(|s| s.to_string()));
+        }
+        deps
+    }
+
     /// Candidate URLs for a host version, in the order they are tried.
     pub fn runfile_urls(&self, version: &DriverVersion) -> Vec<String> {
         let v = version.to_string();
@@ -385,8 +505,8 @@ pub struct PhoenixEntry {
 }
 
 pub fn read_phoenix(path: &Path, vmid: Vmid) -> Result<PhoenixEntry> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
+    let text =
+        read_trusted(path).map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
     let root: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
     let entry = root
@@ -432,6 +552,12 @@ mod tests {
         let s = c.settings_for(vmid(101), None);
         assert!(s.cleanup && s.background);
         assert_eq!(s.installer_args, DEFAULT_INSTALLER_ARGS);
+        assert_eq!(
+            s.driver_args().last().map(String::as_str),
+            Some(NO_OPENGL_FILES),
+            "compute-only by default"
+        );
+        assert_eq!(s.all_dependencies(), DEFAULT_DEPENDENCIES);
         assert_eq!(s.max_concurrent_installs, 2);
         let v: DriverVersion = "550.54.14".parse().unwrap();
         assert_eq!(

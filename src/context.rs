@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -119,19 +120,29 @@ impl Ctx {
     }
 
     /// The running container's root file system; None when it is stopped.
+    /// Reads through it have the configured deadline (`read_timeout_secs`).
     pub fn open_container(&self, vmid: Vmid) -> Result<Option<RootFs>> {
-        let pid = match self.host.container_init_pid(vmid) {
-            Some(pid) => pid,
-            None => match lxc_info_pid(vmid) {
-                Some(pid) if self.host.is_namespace_init(pid) => pid,
-                _ => return Ok(None),
+        let init = match self.host.container_init(vmid) {
+            Some(init) => init,
+            None => match lxc_info_pid(vmid).and_then(|pid| self.host.init_at(vmid, pid)) {
+                Some(init) => init,
+                None => return Ok(None),
             },
         };
-        let root =
-            RootFs::open(&self.host.container_root(pid)).with_context(|| format!("CT {vmid}"))?;
-        // The pid could have exited and been reused between the two reads.
-        if !self.host.is_namespace_init(pid) {
-            bail!("CT {vmid}: its init (pid {pid}) exited while being opened");
+        let deadline = Duration::from_secs(self.config().read_timeout_secs());
+        let root = RootFs::open(
+            self.host.container_root(init.pid),
+            self.host.container_mountinfo(init.pid),
+            deadline,
+        )
+        .with_context(|| format!("CT {vmid}: opening its root file system"))?;
+        // The pidfd names the process that was checked: if it is still alive,
+        // the root opened is that container's.
+        if !init.alive() {
+            bail!(
+                "CT {vmid}: its init (pid {}) exited while being opened",
+                init.pid
+            );
         }
         Ok(Some(root))
     }
@@ -150,15 +161,6 @@ impl Ctx {
             .collect();
         vmids.sort();
         Ok(vmids)
-    }
-
-    /// Refuses to act on a configuration someone else could have written:
-    /// it decides what runs as root in every GPU container.
-    pub fn check_config_trusted(&self) -> Result<()> {
-        match &self.loaded.file {
-            Some(file) => crate::fsutil::check_trusted(file).context("configuration"),
-            None => Ok(()),
-        }
     }
 }
 

@@ -62,11 +62,25 @@ pub fn requested(config_says: Option<bool>, phoenix_says: bool, pct: &PctConfig)
 pub enum Action {
     UpToDate,
     Install(String),
+    /// Leave the container alone, and why: its driver comes from the host,
+    /// or what it has cannot be told.
+    Skip(String),
 }
 
 /// Exact comparison of parsed versions: no substring, no empty-matches-all.
+/// Never an install over the host's bind mounts, nor on a guess.
 pub fn decide(host: &DriverVersion, installed: &InstalledDriver, force: bool) -> Action {
     match installed {
+        InstalledDriver::HostProvided(v) => Action::Skip(format!(
+            "the driver{} is bind-mounted from the host (NVIDIA Container Toolkit or LXC's nvidia hook); nothing to install",
+            v.as_ref().map(|v| format!(" {v}")).unwrap_or_default()
+        )),
+        InstalledDriver::Unknown(why) => {
+            Action::Skip(format!("cannot tell what is installed, so nothing is: {why}"))
+        }
+        InstalledDriver::Packaged(v) => Action::Install(format!(
+            "the distribution's NVIDIA packages ({v}) are installed; a runfile install of {host} replaces them"
+        )),
         InstalledDriver::Installed(v) if v == host && !force => Action::UpToDate,
         InstalledDriver::Installed(v) if v == host => {
             Action::Install(format!("forced reinstall of {v}"))
@@ -89,6 +103,12 @@ pub enum State {
     Failed,
     NotRequested,
     Stopped,
+    /// The host's driver is bind-mounted in: left alone.
+    HostProvided,
+    /// The distribution's packages: replaced at the next start.
+    Packaged,
+    /// The container's files could not be read.
+    Unknown,
 }
 
 impl State {
@@ -101,6 +121,9 @@ impl State {
             State::Failed => "failed",
             State::NotRequested => "not-requested",
             State::Stopped => "stopped",
+            State::HostProvided => "host-provided",
+            State::Packaged => "packaged",
+            State::Unknown => "unknown",
         }
     }
 }
@@ -130,9 +153,12 @@ pub fn state(o: &Observed) -> State {
         return State::Installing;
     }
     match (installed, o.host) {
+        (InstalledDriver::HostProvided(_), _) => State::HostProvided,
+        (InstalledDriver::Unknown(_), _) => State::Unknown,
         (InstalledDriver::Installed(v), Some(h)) if v == h => State::UpToDate,
         _ if o.last_failed => State::Failed,
         (InstalledDriver::Absent, _) => State::Missing,
+        (InstalledDriver::Packaged(_), _) => State::Packaged,
         _ => State::Mismatch,
     }
 }
@@ -215,6 +241,21 @@ mod tests {
             decide(&host, &InstalledDriver::Broken("x".into()), false),
             Action::Install(_)
         ));
+        assert!(matches!(
+            decide(&host, &InstalledDriver::Packaged(v("550.54.14")), false),
+            Action::Install(m) if m.contains("distribution")
+        ));
+        // Never over the host's bind mounts, never on a guess, forced or not.
+        for force in [false, true] {
+            assert!(matches!(
+                decide(&host, &InstalledDriver::HostProvided(Some(v("550.54.14"))), force),
+                Action::Skip(m) if m.contains("bind-mounted from the host")
+            ));
+            assert!(matches!(
+                decide(&host, &InstalledDriver::Unknown("timed out".into()), force),
+                Action::Skip(m) if m.contains("cannot tell") && m.contains("timed out")
+            ));
+        }
     }
 
     #[test]
@@ -268,5 +309,11 @@ mod tests {
             }),
             State::Mismatch
         );
+        let provided = InstalledDriver::HostProvided(None);
+        assert_eq!(state(&base(Some(&provided))), State::HostProvided);
+        let unknown = InstalledDriver::Unknown("timed out".into());
+        assert_eq!(state(&base(Some(&unknown))), State::Unknown);
+        let packaged = InstalledDriver::Packaged(host.clone());
+        assert_eq!(state(&base(Some(&packaged))), State::Packaged);
     }
 }

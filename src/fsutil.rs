@@ -4,10 +4,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rustix::fs::{FileType, Mode, OFlags};
 
 /// Creates `dir` (and parents) with mode 0700 when missing, and checks that it
 /// is a real directory owned by us that nobody else can write.
@@ -50,6 +52,79 @@ pub fn check_trusted(path: &Path) -> Result<()> {
             meta.permissions().mode() & 0o7777,
             path.display()
         );
+    }
+    Ok(())
+}
+
+/// Opens a file that decides what root runs (the configuration, a local
+/// runfile, a chained hookscript) once, and trusts it only as opened: the
+/// last component is not followed, the opened file must be a regular file
+/// owned by root (or us) that group and others cannot write, and so must be
+/// every folder above it, up to `/` (a sticky folder such as `/tmp` may be
+/// writable by others: they cannot rename what is not theirs).
+pub fn open_trusted(path: &Path) -> std::io::Result<(File, std::fs::Metadata)> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other(
+            "not a regular file (a symlink, a FIFO or a device is not trusted)",
+        ));
+    }
+    let file = File::from(reopen_for_reading(&fd)?);
+    let meta = file.metadata()?;
+    trusted_owner_and_mode(&meta).map_err(std::io::Error::other)?;
+    // The folders as they are now, found from the opened file itself.
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .unwrap_or_else(|_| path.to_path_buf());
+    for dir in real.ancestors().skip(1) {
+        let meta = std::fs::symlink_metadata(dir)?;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a folder",
+                dir.display()
+            )));
+        }
+        trusted_owner_and_mode(&meta)
+            .or_else(|e| {
+                if sticky && meta.uid() == 0 {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| std::io::Error::other(format!("folder {}: {e}", dir.display())))?;
+    }
+    Ok((file, meta))
+}
+
+fn reopen_for_reading(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    Ok(rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Owned by root or by us, not writable by group or others.
+fn trusted_owner_and_mode(meta: &std::fs::Metadata) -> std::result::Result<(), String> {
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(format!(
+            "owned by uid {}, not root; fix: chown root",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o}); fix: chmod go-w",
+            meta.mode() & 0o7777
+        ));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! query runs a program.
 
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,11 +72,12 @@ impl Host {
         Ok(Some((v, VersionSource::NvidiaSmi)))
     }
 
-    /// The host pid of the container's init, found through the container's
-    /// cgroup without running a program: the process in it that is pid 1 of
-    /// its own pid namespace. None when the container does not run (or its
-    /// cgroup layout is unknown: the caller then asks `lxc-info`).
-    pub fn container_init_pid(&self, vmid: Vmid) -> Option<u32> {
+    /// The container's init, found through the container's cgroup without
+    /// running a program (the process in it that is pid 1 of its own pid
+    /// namespace) and held by a pidfd from then on. None when the container
+    /// does not run (or its cgroup layout is unknown: the caller then asks
+    /// `lxc-info` for a pid and calls [`Host::init_at`]).
+    pub fn container_init(&self, vmid: Vmid) -> Option<Init> {
         let cgroup = self.sys.join("fs/cgroup");
         let roots = [
             format!("lxc/{vmid}"),
@@ -90,6 +92,36 @@ impl Host {
             .map(|r| cgroup.join(r))
             .filter(|p| p.is_dir())
             .find_map(|root| self.find_init_below(&root))
+            .and_then(|pid| self.init_at(vmid, pid))
+    }
+
+    /// `pid` as the container's init: a pidfd taken first, then the process
+    /// it names checked (pid 1 of its namespace, in the container's cgroup).
+    /// From then on [`Init::alive`] tells whether this is still that process:
+    /// a pid reused by another container's process is never taken for it.
+    pub fn init_at(&self, vmid: Vmid, pid: u32) -> Option<Init> {
+        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+        let init = Init { pid, pidfd };
+        (self.is_namespace_init(pid) && self.in_container_cgroup(pid, vmid) && init.alive())
+            .then_some(init)
+    }
+
+    /// `/proc/<pid>/cgroup` places the process in the container's cgroup
+    /// (`lxc/<vmid>/...` as Proxmox lays it out, `lxc.payload.<vmid>` as LXC does).
+    fn in_container_cgroup(&self, pid: u32, vmid: Vmid) -> bool {
+        let Ok(Some(text)) = read_small(&self.proc.join(format!("{pid}/cgroup"))) else {
+            return false;
+        };
+        let vmid = vmid.to_string();
+        let payload = format!("lxc.payload.{vmid}");
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| {
+                let parts: Vec<&str> = path.split('/').collect();
+                parts.windows(2).any(|w| w[0] == "lxc" && w[1] == vmid)
+                    || parts.contains(&payload.as_str())
+            })
     }
 
     /// Breadth-first through at most a few dozen cgroups: a container may
@@ -142,6 +174,31 @@ impl Host {
 
     pub fn container_root(&self, pid: u32) -> PathBuf {
         self.proc.join(format!("{pid}/root"))
+    }
+
+    /// The container's mount table, as the kernel shows it for its init.
+    pub fn container_mountinfo(&self, pid: u32) -> PathBuf {
+        self.proc.join(format!("{pid}/mountinfo"))
+    }
+}
+
+/// A container's init process, held by a pidfd.
+pub struct Init {
+    pub pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl Init {
+    /// The process the pidfd names has not exited (a pidfd turns readable
+    /// when it does).
+    pub fn alive(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&now)), Ok(0))
     }
 }
 

@@ -63,7 +63,7 @@ pub fn report_error(err: &anyhow::Error) {
     if INSTALLED.get().is_some() {
         log::error!("{err:#}");
     } else {
-        eprintln!("pve-nvidia-hook: error: {err:#}");
+        eprintln!("pve-nvidia-hook: error: {}", sanitize(&format!("{err:#}")));
     }
 }
 
@@ -76,9 +76,7 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let text = record.args().to_string();
-        // One event, one line: a multi-line message from a child stays one line.
-        let text: String = text.replace(['\n', '\r'], " | ");
+        let text = sanitize(&record.args().to_string());
         let line = match VMID.get() {
             Some(vmid) => format!("CT {vmid}: {text}"),
             None => text,
@@ -112,6 +110,49 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
+/// One event, one line, and nothing a terminal acts on: line breaks become
+/// ` | `, every other control character (escape sequences, backspace, C1
+/// controls) is written as its escape. Much of what is logged comes from a
+/// container (program output, file names, package names).
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\r' => {}
+            '\n' => out.push_str(" | "),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A URL as it may be logged: no `user:password@`, no query string or
+/// fragment (where tokens live).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = match rest.split_once('/') {
+        Some((authority, path)) => format!(
+            "{}/{path}",
+            authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host)
+        ),
+        None => rest
+            .rsplit_once('@')
+            .map_or(rest, |(_, host)| host)
+            .to_string(),
+    };
+    match scheme {
+        Some(s) => format!("{s}://{rest}"),
+        None => rest,
+    }
+}
+
 /// `2026-11-25T18:00:00Z`, without a date crate (civil-from-days).
 fn utc_now() -> String {
     let secs = SystemTime::now()
@@ -134,4 +175,41 @@ fn utc_now() -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_a_terminal_acts_on() {
+        assert_eq!(sanitize("a\r\nb"), "a | b");
+        assert_eq!(
+            sanitize("\x1b]0;pwned\x07\x1b[2J"),
+            "\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"
+        );
+        assert_eq!(
+            sanitize("x\u{9b}31m\u{8}\u{7f}"),
+            "x\\u{9b}31m\\u{8}\\u{7f}"
+        );
+        assert_eq!(sanitize("tab\there"), "tab\\there");
+        assert_eq!(sanitize("plain ünïcode"), "plain ünïcode");
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        for (url, shown) in [
+            (
+                "https://user:pw@host/p/a.run?token=1#x",
+                "https://host/p/a.run",
+            ),
+            ("https://host/a.run", "https://host/a.run"),
+            ("http://u@host:8080/a.run", "http://host:8080/a.run"),
+            ("https://host?secret", "https://host"),
+            ("/srv/a.run", "/srv/a.run"),
+            ("file:///srv/a.run", "file:///srv/a.run"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! Running a host program: a clean environment with a fixed PATH, argument
 //! vectors only (never a shell string), bounded output capture and a time
-//! limit after which its whole process group is killed.
+//! limit after which its whole process group is killed. Every program starts
+//! in a session of its own: without a controlling terminal, nothing it
+//! starts (in a container, too) can open the admin's terminal as `/dev/tty`.
 
-use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +35,10 @@ impl Limits {
     }
 }
 
+/// Writes a child's standard input from a thread of ours; what it writes is
+/// the child's only way to our data (never an open file of the host's).
+pub type Feed = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
 #[derive(Debug)]
 pub struct Output {
     /// None when the process died from a signal.
@@ -42,6 +47,8 @@ pub struct Output {
     pub timed_out: bool,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// How feeding standard input ended, when there was a [`Feed`].
+    pub fed: Option<io::Result<()>>,
 }
 
 impl Output {
@@ -113,7 +120,7 @@ pub fn run(program: &Path, args: &[&str], limits: Limits) -> Result<Output> {
 pub fn run_with(
     program: &Path,
     args: &[String],
-    stdin: Option<File>,
+    feed: Option<Feed>,
     limits: Limits,
 ) -> Result<Output> {
     let mut cmd = Command::new(program);
@@ -121,17 +128,36 @@ pub fn run_with(
         .env_clear()
         .env("PATH", SAFE_PATH)
         .env("LC_ALL", "C")
-        .stdin(stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
+        .stdin(if feed.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours. A
+    // new session is also a new process group, which kill_group relies on.
+    unsafe {
+        cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     let stdout = capture(child.stdout.take(), limits.max_stdout, false);
     let stderr = capture(child.stderr.take(), limits.max_stderr, true);
-
     let started = Instant::now();
+    let feeder = match (feed, child.stdin.take()) {
+        (Some(feed), Some(stdin)) => {
+            let deadline = started + limits.timeout;
+            Some(std::thread::spawn(move || {
+                let mut pipe = DeadlineWriter::new(stdin, deadline)?;
+                feed(&mut pipe)
+                // Dropping the pipe here is the child's end of input.
+            }))
+        }
+        _ => None,
+    };
+
     let mut poll = Duration::from_millis(1);
     let mut timed_out = false;
     let status = loop {
@@ -146,6 +172,11 @@ pub fn run_with(
         std::thread::sleep(poll);
         poll = (poll * 2).min(Duration::from_millis(50));
     };
+    // The feeder ends by the deadline at the latest, whoever holds the pipe.
+    let fed = feeder.map(|f| {
+        f.join()
+            .unwrap_or_else(|_| Err(io::Error::other("the input feeder panicked")))
+    });
     // A grandchild may still hold the pipes open; give the readers a moment,
     // then take what they have.
     let out = Output {
@@ -154,8 +185,54 @@ pub fn run_with(
         timed_out,
         stdout: stdout.finish(),
         stderr: stderr.finish(),
+        fed,
     };
     Ok(out)
+}
+
+/// A pipe written without blocking past a deadline: a reader that stops
+/// reading (a tenant's `cat` that sleeps) cannot hold the writer.
+struct DeadlineWriter {
+    pipe: std::process::ChildStdin,
+    deadline: Instant,
+}
+
+impl DeadlineWriter {
+    fn new(pipe: std::process::ChildStdin, deadline: Instant) -> io::Result<DeadlineWriter> {
+        let flags = rustix::fs::fcntl_getfl(&pipe)?;
+        rustix::fs::fcntl_setfl(&pipe, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(DeadlineWriter { pipe, deadline })
+    }
+}
+
+impl Write for DeadlineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        loop {
+            match self.pipe.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the reader stopped reading",
+                ));
+            }
+            let wait = Timespec::try_from(left.min(Duration::from_secs(1)))
+                .map_err(|_| io::Error::other("bad timeout"))?;
+            let mut fds = [PollFd::new(&self.pipe, PollFlags::OUT)];
+            match poll(&mut fds, Some(&wait)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn kill_group(pid: u32) {

@@ -2,10 +2,13 @@
 //! file that can go stale: it is an flock held by a live process, released by
 //! the kernel when that process dies, however it dies.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
@@ -13,6 +16,12 @@ use crate::vmid::Vmid;
 
 pub struct Locks {
     dir: PathBuf,
+}
+
+/// A held flock, released when dropped (or by the kernel when its holder
+/// dies, however it dies).
+pub struct Held {
+    _fd: OwnedFd,
 }
 
 impl Locks {
@@ -23,35 +32,57 @@ impl Locks {
     }
 
     /// The container's install lock, or None when another process holds it.
-    pub fn try_container(&self, vmid: Vmid) -> Result<Option<fslock::LockFile>> {
-        let mut lock = open_lock(&self.dir, &format!("{vmid}.lock"))?;
-        Ok(lock.try_lock().context("locking")?.then_some(lock))
+    pub fn try_container(&self, vmid: Vmid) -> Result<Option<Held>> {
+        try_lock(&self.dir, &format!("{vmid}.lock"))
     }
 
-    /// True while some process holds the container's install lock.
+    /// True while some process holds the container's install lock. Only a
+    /// lock file of ours, in our private folder, counts: a file someone else
+    /// planted never reads as "installing".
     pub fn is_installing(&self, vmid: Vmid) -> bool {
-        let path = self.dir.join(format!("{vmid}.lock"));
-        if !path.is_file() {
+        if fsutil::check_trusted(&self.dir).is_err() {
             return false;
         }
-        match fslock::LockFile::open(&path) {
-            Ok(mut lock) => !lock.try_lock().unwrap_or(true),
-            Err(_) => false,
+        let path = self.dir.join(format!("{vmid}.lock"));
+        let Ok(fd) = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        if !is_ours(&fd) {
+            return false;
         }
+        matches!(
+            rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared),
+            Err(Errno::WOULDBLOCK)
+        )
     }
 
-    /// One of `slots` host-wide install slots, waiting for a free one. The
-    /// slots bound how many installers run at once (each extracts ~1 GB).
-    pub fn install_slot(&self, slots: u32, mut waiting: impl FnMut()) -> Result<fslock::LockFile> {
-        let mut locks = (0..slots)
-            .map(|n| open_lock(&self.dir, &format!("install-slot-{n}.lock")))
-            .collect::<Result<Vec<_>>>()?;
+    /// One of `slots` host-wide install slots, waiting at most `limit` for a
+    /// free one. The slots bound how many installers run at once (each
+    /// extracts ~1 GB); they are held only around the copy and the installer.
+    pub fn install_slot(
+        &self,
+        slots: u32,
+        limit: Duration,
+        mut waiting: impl FnMut(),
+    ) -> Result<Held> {
+        let started = Instant::now();
         let mut told = false;
         loop {
-            for n in 0..locks.len() {
-                if locks[n].try_lock().context("locking install slot")? {
-                    return Ok(locks.swap_remove(n));
+            for n in 0..slots {
+                if let Some(held) = try_lock(&self.dir, &format!("install-slot-{n}.lock"))? {
+                    return Ok(held);
                 }
+            }
+            if started.elapsed() >= limit {
+                bail!(
+                    "no install slot came free within {}s ({slots} in use by other containers); \
+                     the next start tries again, or raise max_concurrent_installs",
+                    limit.as_secs()
+                );
             }
             if !told {
                 waiting();
@@ -61,22 +92,51 @@ impl Locks {
         }
     }
 
-    /// Serialises downloads of one file: the second installer waits, then
-    /// finds the verified file in the cache.
-    pub fn download(&self, cache_dir: &Path, name: &str) -> Result<fslock::LockFile> {
-        let mut lock = open_lock(cache_dir, &format!(".{name}.lock"))?;
-        lock.lock().context("locking download")?;
-        Ok(lock)
+    /// Serialises downloads of one cache entry, also between nodes when the
+    /// cache is on a shared file system (flock works on NFS and CephFS).
+    pub fn download(&self, dir: &Path, name: &str) -> Result<Held> {
+        let fd = open_lock(dir, name)?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", dir.join(name).display()))?;
+        Ok(Held { _fd: fd })
     }
 }
 
-/// A lock file in a private folder, created by us first: fslock's own open
-/// would follow a symlink planted at its name.
-fn open_lock(dir: &Path, name: &str) -> Result<fslock::LockFile> {
+/// The lock `name` in `dir`, or None when someone holds it.
+fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
+    let fd = open_lock(dir, name)?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(Held { _fd: fd })),
+        Err(Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("locking {}", dir.join(name).display())),
+    }
+}
+
+/// A lock file in a private folder: never through a symlink planted at its
+/// name, never a file that is not ours.
+fn open_lock(dir: &Path, name: &str) -> Result<OwnedFd> {
     fsutil::ensure_private_dir(dir)?;
     let path = dir.join(name);
-    drop(fsutil::open_append_nofollow(&path, 0o600)?);
-    fslock::LockFile::open(&path).with_context(|| format!("opening lock {}", path.display()))
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .with_context(|| format!("opening lock {}", path.display()))?;
+    if !is_ours(&fd) {
+        bail!(
+            "{} is not a regular file of ours; remove it",
+            path.display()
+        );
+    }
+    Ok(fd)
+}
+
+fn is_ours(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_uid == rustix::process::geteuid().as_raw()
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

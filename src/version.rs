@@ -37,6 +37,13 @@ impl FromStr for DriverVersion {
     }
 }
 
+impl DriverVersion {
+    /// The branch: 550 for 550.54.14.
+    pub fn major(&self) -> u32 {
+        self.parts[0].parse().unwrap_or(0)
+    }
+}
+
 impl fmt::Display for DriverVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.parts.join("."))

@@ -96,7 +96,7 @@ fn enable_one(
 
 fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
     logging::set_vmid(target.vmid);
-    super::install::install_for_host(ctx, target, false)
+    super::install::install_for_host(ctx, target, false, true)
 }
 
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {

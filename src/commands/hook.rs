@@ -66,21 +66,34 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
         log::warn!("no NVIDIA kernel module loaded on the host; nothing to install");
         return Ok(ExitCode::SUCCESS);
     };
-    let Some(root) = ctx.open_container(vmid)? else {
-        log::warn!("container is not running; nothing to check");
-        return Ok(ExitCode::SUCCESS);
+    let root = match ctx.open_container(vmid) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            log::warn!("container is not running; nothing to check");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A container whose files cannot be opened in time is not a reason
+        // to fail its start: cannot tell, so nothing is installed.
+        Err(e) => {
+            log::warn!("cannot tell what is installed, so nothing is: {e:#}");
+            return Ok(ExitCode::SUCCESS);
+        }
     };
-    let installed = driver::detect(&root);
+    let installed = driver::detect_in(&root);
     drop(root);
     match decision::decide(&host, &installed, false) {
         Action::UpToDate => {
             log::info!("NVIDIA driver {host} up to date");
             Ok(ExitCode::SUCCESS)
         }
+        Action::Skip(why) => {
+            log::warn!("{why}");
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Install(reason) => {
             log::info!("install needed: {reason}");
             if !target.settings.background {
-                super::install::install(&ctx, &target, &host, false)?;
+                super::install::install(&ctx, &target, &host, false, true)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if ctx.locks.is_installing(vmid) {

@@ -3,16 +3,17 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::InstallArgs;
 use crate::container::{driver, LxcAttach};
 use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
 use crate::logging;
-use crate::pipeline::{self, Job};
-use crate::runfile::Fetcher;
+use crate::pipeline::{self, Budget, Job};
+use crate::runfile::{self, Cache, Fetcher};
 use crate::version::DriverVersion;
 
 pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
@@ -22,58 +23,75 @@ pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
     if !target.request.wanted {
         log::warn!("NVIDIA is not requested for this container; installing because you asked");
     }
-    install_for_host(&ctx, &target, args.force)?;
+    install_for_host(&ctx, &target, args.force, !args.from_hook)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The install for the version of the host's loaded module.
-pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool) -> Result<()> {
+pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool, foreground: bool) -> Result<()> {
     let host = ctx
         .host_version()?
         .ok_or_else(|| anyhow!("no NVIDIA kernel module loaded on the host; nothing to install"))?;
-    install(ctx, target, &host, force)
+    install(ctx, target, &host, force, foreground)
 }
 
-pub fn install(ctx: &Ctx, target: &Target, host: &DriverVersion, force: bool) -> Result<()> {
+/// `foreground`: someone waits (a terminal, or a start with `background:
+/// false`), so a wait for an install slot is bounded by `slot_wait_secs`.
+pub fn install(
+    ctx: &Ctx,
+    target: &Target,
+    host: &DriverVersion,
+    force: bool,
+    foreground: bool,
+) -> Result<()> {
     let vmid = target.vmid;
-    ctx.check_config_trusted()?;
+    let settings = &target.settings;
+    let budget = Budget::new(settings.install_budget_secs);
     let Some(_lock) = ctx.locks.try_container(vmid)? else {
         log::info!("already installing");
         return Ok(());
     };
-    let slots = target.settings.max_concurrent_installs;
-    let _slot = ctx.locks.install_slot(slots, || {
-        log::info!("waiting for an install slot ({slots} in use)")
-    })?;
     // Decided again under the lock: another install may just have finished.
     let root = ctx
         .open_container(vmid)?
         .ok_or_else(|| anyhow!("container is not running"))?;
-    let installed = driver::detect(&root);
-    if let Action::Install(reason) = decision::decide(host, &installed, force) {
-        log::info!("installing NVIDIA driver {host}: {reason}");
-    } else {
-        log::info!("NVIDIA driver {host} up to date");
-        return Ok(());
+    let installed = driver::detect_in(&root);
+    match decision::decide(host, &installed, force) {
+        Action::Install(reason) => log::info!("installing NVIDIA driver {host}: {reason}"),
+        Action::UpToDate => {
+            log::info!("NVIDIA driver {host} up to date");
+            return Ok(());
+        }
+        Action::Skip(why) => bail!("not installing: {why}"),
     }
     let exec = LxcAttach::new(vmid)?;
-    let cache = &ctx.config().paths.cache;
+    let paths = &ctx.config().paths;
     let log_progress = |m: &str| log::info!("{m}");
     let fetcher = Fetcher {
-        cache_dir: cache,
+        cache: Cache {
+            dir: paths.cache.clone(),
+            fallback: (paths.local_cache != paths.cache).then(|| paths.local_cache.clone()),
+        },
         locks: &ctx.locks,
-        allow_unverified: target.settings.allow_unverified_download,
-        stall_timeout: std::time::Duration::from_secs(target.settings.download_timeout_secs),
+        allow_unverified: settings.allow_unverified_download,
+        limits: runfile::limits(
+            Duration::from_secs(settings.download_timeout_secs),
+            Duration::from_secs(settings.download_max_secs),
+            settings.max_download_bytes,
+        ),
         log: &log_progress,
     };
     let job = Job {
-        settings: &target.settings,
+        settings,
         host,
         installed: &installed,
         ostype: target.pct.ostype(),
         exec: &exec,
         root: &root,
         fetcher: &fetcher,
+        locks: &ctx.locks,
+        budget,
+        foreground,
     };
     let outcome = pipeline::run(&job);
     if let Err(e) = ctx.results.record(vmid, &host.to_string(), &outcome) {

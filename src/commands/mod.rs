@@ -20,7 +20,10 @@ pub fn for_each(vmids: &[Vmid], mut work: impl FnMut(Vmid) -> Result<()>) -> Exi
     let mut failed = false;
     for &vmid in vmids {
         if let Err(e) = work(vmid) {
-            eprintln!("pve-nvidia-hook: CT {vmid}: {e:#}");
+            eprintln!(
+                "pve-nvidia-hook: CT {vmid}: {}",
+                crate::logging::sanitize(&format!("{e:#}"))
+            );
             failed = true;
         }
     }

@@ -47,7 +47,10 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
                 failed = true;
             }
             Err(e) => {
-                eprintln!("pve-nvidia-hook: CT {vmid}: {e:#}");
+                eprintln!(
+                    "pve-nvidia-hook: CT {vmid}: {}",
+                    crate::logging::sanitize(&format!("{e:#}"))
+                );
                 failed = true;
             }
         }
@@ -69,7 +72,11 @@ fn row(ctx: &Ctx, vmid: Vmid, host: Option<&DriverVersion>) -> Result<Option<Row
         Lookup::Container(t) => t,
         Lookup::Vm | Lookup::Missing => return Ok(None),
     };
-    let installed = ctx.open_container(vmid)?.map(|root| driver::detect(&root));
+    let installed = match ctx.open_container(vmid) {
+        Ok(root) => root.map(|root| driver::detect_in(&root)),
+        // Running, but its files cannot be opened in time: cannot tell.
+        Err(e) => Some(InstalledDriver::Unknown(format!("{e:#}"))),
+    };
     let last = ctx.results.last(vmid);
     let last_failed = last
         .as_ref()
@@ -83,7 +90,15 @@ fn row(ctx: &Ctx, vmid: Vmid, host: Option<&DriverVersion>) -> Result<Option<Row
     });
     let detail = match (&installed, state) {
         (_, State::Failed) => last.map(|r| r.message),
-        (Some(InstalledDriver::Broken(why)), _) => Some(why.clone()),
+        (Some(InstalledDriver::Broken(why) | InstalledDriver::Unknown(why)), _) => {
+            Some(why.clone())
+        }
+        (Some(InstalledDriver::Packaged(_)), _) => Some(
+            "the distribution's packages (replaced by a runfile install at the next start)".into(),
+        ),
+        (Some(InstalledDriver::HostProvided(_)), _) => {
+            Some("bind-mounted from the host; left alone".into())
+        }
         _ => None,
     };
     Ok(Some(Row {

@@ -1,5 +1,7 @@
-//! `pve-nvidia-hook verify <vmid>`: nvidia-smi inside the container against
-//! the host's version, exactly (and nvcc when CUDA is configured).
+//! `pve-nvidia-hook verify <vmid>`: the whole installation against the
+//! host's version: every file the record lists, the libraries' sonames,
+//! nvidia-smi inside, the device nodes, nvcc when CUDA is configured; and
+//! what the driver offers (CUDA, NVENC/NVDEC, OpenCL, Vulkan, EGL/GL).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -24,10 +26,12 @@ pub fn run(config: Option<&Path>, vmid: Vmid) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("container is not running"))?;
     let exec = LxcAttach::new(vmid)?;
     let cuda = target.settings.cuda.is_some();
-    let reported = pipeline::verify(&exec, &root, &host, &target.settings)?;
+    let verified = pipeline::verify(&exec, &root, &host, &target.settings)?;
     println!(
-        "CT {vmid}: nvidia-smi reports {reported}, the host's module is {host}: OK{}",
-        if cuda { "; nvcc runs" } else { "" }
+        "CT {vmid}: nvidia-smi reports {}, the host's module is {host}: OK{}; {}",
+        verified.reported,
+        if cuda { "; nvcc runs" } else { "" },
+        verified.capabilities()
     );
     Ok(ExitCode::SUCCESS)
 }

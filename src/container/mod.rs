@@ -3,23 +3,27 @@
 //! [`rootfs::RootFs`], confined to its root file system. Nothing is ever
 //! written into a container from the host side.
 
+pub mod dpkg;
 pub mod driver;
+pub mod elf;
+pub mod mounts;
+pub mod record;
 pub mod rootfs;
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::process::{self, Limits, Output, SAFE_PATH};
+use crate::process::{self, Feed, Limits, Output, SAFE_PATH};
 use crate::vmid::Vmid;
 
 /// One program to run inside the container, as an argument vector.
 pub struct ContainerCommand {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
-    pub stdin: Option<File>,
+    /// Standard input, written by a thread of ours through a pipe.
+    pub feed: Option<Feed>,
     pub timeout: Duration,
     pub max_stdout: usize,
 }
@@ -29,7 +33,7 @@ impl ContainerCommand {
         ContainerCommand {
             argv: argv.iter().map(|s| s.as_ref().to_string()).collect(),
             env: Vec::new(),
-            stdin: None,
+            feed: None,
             timeout,
             max_stdout: 64 * 1024,
         }
@@ -40,8 +44,8 @@ impl ContainerCommand {
         self
     }
 
-    pub fn stdin(mut self, file: File) -> Self {
-        self.stdin = Some(file);
+    pub fn feed(mut self, feed: Feed) -> Self {
+        self.feed = Some(feed);
         self
     }
 
@@ -100,7 +104,7 @@ impl Exec for LxcAttach {
             max_stderr: 16 * 1024,
         };
         let shown = cmd.display();
-        let mut out = process::run_with(&self.program, &args, cmd.stdin, limits)
+        let mut out = process::run_with(&self.program, &args, cmd.feed, limits)
             .with_context(|| format!("CT {}: {shown}", self.vmid))?;
         if out.code == Some(124) {
             out.timed_out = true;

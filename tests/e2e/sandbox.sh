@@ -6,11 +6,17 @@
 # NVIDIA runfile (a makeself archive that behaves like the real one).
 #
 #   sandbox.sh base                         cached Debian 12 root; prints its path
-#   sandbox.sh runfile VERSION DIR [fail|slow]  builds DIR/NVIDIA-Linux-x86_64-VERSION.run
+#   sandbox.sh runfile VERSION DIR [ok|fail|slow|real]  builds DIR/NVIDIA-Linux-x86_64-VERSION.run
+#                                           (real: NVIDIA's own nvidia-smi, libnvidia-ml and
+#                                           libcuda from Debian's packages, 535.261.03 only)
+#   sandbox.sh debs                         Debian's NVIDIA packages, cached; prints their folder
+#   sandbox.sh fuse-blackhole               the hostile FUSE daemon, built once; prints its path
 #   sandbox.sh cuda-runfile DIR             builds DIR/cuda_12.4.1_550.54.15_linux.run
 #   sandbox.sh nvidia-deb DIR               builds DIR/nvidia-driver-libs_1.0_all.deb
 #   sandbox.sh host-version WORK VERSION    the host "loads" driver VERSION
-#   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS]   creates and starts container VMID
+#   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS] [fuse]
+#                                           creates and starts container VMID (fuse: /dev/fuse
+#                                           passed, as Proxmox's features: fuse=1)
 #   sandbox.sh down VMID                    stops and destroys it
 set -euo pipefail
 
@@ -41,9 +47,10 @@ base() {
     echo "$cache/rootfs"
 }
 
-# NVIDIA's makeself header hands flags it does not know to nvidia-installer
-# (`sh NVIDIA-...run --silent ...`); Debian's rejects them. The stand-ins use
-# Debian's header with that one difference.
+# Debian's makeself header is used for the CUDA stand-in (CUDA's runfiles
+# use makeself 2.x too); NVIDIA's driver runfiles have a header of their own
+# that hands flags it does not know to nvidia-installer, where Debian's
+# rejects them. The CUDA stand-in takes that one difference.
 header() {
     local out=$1
     awk '
@@ -55,23 +62,104 @@ header() {
     return 0
 }
 
+# nvidia-installer's CRC (crc.c): CRC-32/MPEG-2, 0 for an empty file.
+crc() {
+    python3 -c 'import sys
+d = open(sys.argv[1], "rb").read()
+c = 0xFFFFFFFF
+for b in d:
+    c ^= b << 24
+    for _ in range(8):
+        c = ((c << 1) ^ 0x04C11DB7 if c & 0x80000000 else c << 1) & 0xFFFFFFFF
+print(c if d else 0)' "$1"
+}
+
+# A real ELF shared object with the given soname (it exports nothing).
+stub_lib() {
+    cc -shared -nostdlib -x c /dev/null "-Wl,-soname,$2" -o "$1"
+}
+
+debs() {
+    "$here/debs.sh" "$cache/debs"
+}
+
+# A driver runfile the way NVIDIA builds one: a shell header that states
+# its payload size and passes arguments on, an uncompressed tar payload with
+# nvidia-installer, a manifest of typed files (GL ones among them), and the
+# files. MODE real: nvidia-smi, libnvidia-ml and libcuda are NVIDIA's own,
+# from Debian's packages.
 runfile() {
-    local version=$1 dir=$2 mode=${3:-ok} stage
+    local version=$1 dir=$2 mode=${3:-ok} stage payload lib=/usr/lib/x86_64-linux-gnu debdir x
     stage=$(mktemp -d)
-    header "$stage.header"
-    sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-installer" > "$stage/nvidia-installer"
+    payload="$stage/NVIDIA-Linux-x86_64-$version"
+    mkdir -p "$payload"
+    sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-installer" > "$payload/nvidia-installer"
     case "$mode" in
-        fail) sed -i 's/^@FAIL@$/fail "Unable to load the kernel module nvidia.ko (stand-in failure)"/' "$stage/nvidia-installer" ;;
-        slow) sed -i 's/^@FAIL@$/sleep 5/' "$stage/nvidia-installer" ;;
-        *) sed -i '/^@FAIL@$/d' "$stage/nvidia-installer" ;;
+        fail) sed -i 's/^@FAIL@$/fail "Unable to load the kernel module nvidia.ko (stand-in failure)"/' "$payload/nvidia-installer" ;;
+        slow) sed -i 's/^@FAIL@$/sleep 5/' "$payload/nvidia-installer" ;;
+        *) sed -i '/^@FAIL@$/d' "$payload/nvidia-installer" ;;
     esac
-    sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-smi" > "$stage/nvidia-smi"
-    cp "$here/stand-in/nvidia-uninstall" "$stage/"
-    chmod 755 "$stage"/*
+    cp "$here/stand-in/nvidia-uninstall" "$payload/"
+    if [ "$mode" = real ]; then
+        [ "$version" = 535.261.03 ] || { echo "sandbox: real binaries exist for 535.261.03 only" >&2; exit 1; }
+        debdir=$(debs)
+        x="$stage/x"
+        for p in nvidia-smi libnvidia-ml1 libcuda1; do
+            dpkg-deb -x "$debdir/${p}_535.261.03-1_amd64.deb" "$x"
+        done
+        cp "$x/usr/lib/nvidia/current/nvidia-smi" "$payload/nvidia-smi"
+        cp "$x$lib/nvidia/current/libnvidia-ml.so.$version" "$x$lib/nvidia/current/libcuda.so.$version" "$payload/"
+    else
+        sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-smi" > "$payload/nvidia-smi"
+        stub_lib "$payload/libnvidia-ml.so.$version" libnvidia-ml.so.1
+        stub_lib "$payload/libcuda.so.$version" libcuda.so.1
+    fi
+    stub_lib "$payload/libnvidia-encode.so.$version" libnvidia-encode.so.1
+    stub_lib "$payload/libnvcuvid.so.$version" libnvcuvid.so.1
+    stub_lib "$payload/libGLX_nvidia.so.$version" libGLX_nvidia.so.0
+    stub_lib "$payload/libEGL_nvidia.so.$version" libEGL_nvidia.so.0
+    printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.260"}}\n' > "$payload/nvidia_icd.json"
+    chmod 755 "$payload"/*
+    (
+        cd "$payload"
+        f() { echo "$1 $2 $3 $(crc "$2")"; }
+        l() { echo "$1 - $2 $3"; }
+        f UTILITY_BINARY nvidia-smi /usr/bin/nvidia-smi
+        f UTILITY_BINARY nvidia-uninstall /usr/bin/nvidia-uninstall
+        f UTILITY_LIB "libnvidia-ml.so.$version" "$lib/libnvidia-ml.so.$version"
+        l UTILITY_LIB_SYMLINK "$lib/libnvidia-ml.so.1" "libnvidia-ml.so.$version"
+        f CUDA_LIB "libcuda.so.$version" "$lib/libcuda.so.$version"
+        l CUDA_SYMLINK "$lib/libcuda.so.1" "libcuda.so.$version"
+        f ENCODEAPI_LIB "libnvidia-encode.so.$version" "$lib/libnvidia-encode.so.$version"
+        l ENCODEAPI_LIB_SYMLINK "$lib/libnvidia-encode.so.1" "libnvidia-encode.so.$version"
+        f NVCUVID_LIB "libnvcuvid.so.$version" "$lib/libnvcuvid.so.$version"
+        l NVCUVID_LIB_SYMLINK "$lib/libnvcuvid.so.1" "libnvcuvid.so.$version"
+        f GLX_CLIENT_LIB "libGLX_nvidia.so.$version" "$lib/libGLX_nvidia.so.$version"
+        l GLX_CLIENT_SYMLINK "$lib/libGLX_nvidia.so.0" "libGLX_nvidia.so.$version"
+        f EGL_CLIENT_LIB "libEGL_nvidia.so.$version" "$lib/libEGL_nvidia.so.$version"
+        l EGL_CLIENT_SYMLINK "$lib/libEGL_nvidia.so.0" "libEGL_nvidia.so.$version"
+        f VULKAN_ICD_JSON nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json
+    ) > "$payload/manifest"
+    local lines usize
+    lines=$(wc -l < "$here/stand-in/makeself-header.sh")
+    usize=$(du -Lks --apparent-size "$payload" | cut -f1)
     mkdir -p "$dir"
-    makeself --header "$stage.header" --nox11 --quiet --nocomp "$stage" "$dir/NVIDIA-Linux-x86_64-$version.run" \
-        "NVIDIA Accelerated Graphics Driver for Linux-x86_64 $version (stand-in)" ./nvidia-installer >&2
-    rm -rf "$stage" "$stage.header"
+    sed -e "s/@SKIP@/$((lines + 1))/" -e "s/@USIZE@/$usize/" \
+        -e "s/@LABEL@/NVIDIA Accelerated Graphics Driver for Linux-x86_64 $version (stand-in)/" \
+        -e "s/@TARGETDIR@/NVIDIA-Linux-x86_64-$version/" \
+        "$here/stand-in/makeself-header.sh" > "$stage/header"
+    cat "$stage/header" > "$dir/NVIDIA-Linux-x86_64-$version.run"
+    tar cf - -C "$stage" "NVIDIA-Linux-x86_64-$version" >> "$dir/NVIDIA-Linux-x86_64-$version.run"
+    rm -rf "$stage"
+}
+
+fuse_blackhole() {
+    mkdir -p "$cache"
+    if [ ! -x "$cache/fuse-blackhole" ] || [ "$here/stand-in/fuse-blackhole.c" -nt "$cache/fuse-blackhole" ]; then
+        cc -static -O2 -o "$cache/fuse-blackhole.tmp" "$here/stand-in/fuse-blackhole.c" >&2
+        mv "$cache/fuse-blackhole.tmp" "$cache/fuse-blackhole"
+    fi
+    echo "$cache/fuse-blackhole"
 }
 
 cuda_runfile() {
@@ -104,24 +192,35 @@ host_version() {
     # The device node stand-ins: what nvidia-smi reads as the kernel module.
     echo "$version" > "$work/dev/nvidia0"
     echo "$version" > "$work/dev/nvidiactl"
+    echo "$version" > "$work/dev/nvidia-uvm"
 }
 
 up() {
-    local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir
+    local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no
+    shift 4 2>/dev/null || shift $#
+    for opt in "$@"; do
+        case "$opt" in
+            fuse) fuse=yes ;;
+            *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
+        esac
+    done
     root=$(base)
     down "$vmid" 2>/dev/null || true
     dir="$lxcpath/$vmid"
     mkdir -p "$dir" "$work/pve/lxc"
     cp -a "$root" "$dir/rootfs"
+    local nodes="nvidia0 nvidiactl nvidia-uvm"
     {
         echo "arch: amd64"
         echo "hostname: ct$vmid"
         echo "ostype: debian"
         echo "rootfs: dir:$dir/rootfs"
         [ -n "$tags" ] && echo "tags: $tags"
+        [ "$fuse" = yes ] && echo "features: fuse=1"
         if [ "$gpu" = gpu ]; then
-            echo "lxc.mount.entry: $work/dev/nvidia0 dev/nvidia0 none bind,optional,create=file"
-            echo "lxc.mount.entry: $work/dev/nvidiactl dev/nvidiactl none bind,optional,create=file"
+            for n in $nodes; do
+                echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
+            done
         fi
     } > "$work/pve/lxc/$vmid.conf"
     {
@@ -131,9 +230,20 @@ up() {
         echo "lxc.include = /usr/share/lxc/config/common.conf"
         echo "lxc.apparmor.profile = unconfined"
         echo "lxc.init.cmd = /bin/sleep infinity"
+        # Proxmox's cgroup layout (pve-container's update_lxc_config).
+        echo "lxc.cgroup.relative = 0"
+        echo "lxc.cgroup.dir.monitor = lxc.monitor/$vmid"
+        echo "lxc.cgroup.dir.container = lxc/$vmid"
+        echo "lxc.cgroup.dir.container.inner = ns"
+        if [ "$fuse" = yes ]; then
+            echo "lxc.mount.entry = /dev/fuse dev/fuse none bind,create=file 0 0"
+            echo "lxc.cgroup.devices.allow = c 10:229 rwm"
+            echo "lxc.cgroup2.devices.allow = c 10:229 rwm"
+        fi
         if [ "$gpu" = gpu ]; then
-            echo "lxc.mount.entry = $work/dev/nvidia0 dev/nvidia0 none bind,optional,create=file"
-            echo "lxc.mount.entry = $work/dev/nvidiactl dev/nvidiactl none bind,optional,create=file"
+            for n in $nodes; do
+                echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
+            done
         fi
     } > "$dir/config"
     lxc-start -n "$vmid" -d
@@ -151,10 +261,12 @@ shift || true
 case "$cmd" in
     base) base ;;
     runfile) runfile "$@" ;;
+    debs) debs ;;
+    fuse-blackhole) fuse_blackhole ;;
     cuda-runfile) cuda_runfile "$@" ;;
     nvidia-deb) nvidia_deb "$@" ;;
     host-version) host_version "$@" ;;
     up) up "$@" ;;
     down) down "$@" ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac

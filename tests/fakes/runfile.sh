@@ -1,6 +1,9 @@
 #!/bin/sh
 # Stand-in NVIDIA runfile for the fake container: checks the flags the hook
-# passes and installs the files the hook reads. @VERSION@ is replaced.
+# passes, and installs like nvidia-installer does in what the hook reads: it
+# truncates its log, writes its record in backup.c's format (CRC-32/MPEG-2
+# per file) and installs nvidia-smi, libnvidia-ml and libcuda. @VERSION@ and
+# @FAIL@ are replaced.
 version=@VERSION@
 tmpdir=
 while [ $# -gt 0 ]; do
@@ -13,14 +16,36 @@ while [ $# -gt 0 ]; do
 done
 log="$FAKE_ROOT/var/log/nvidia-installer.log"
 mkdir -p "$FAKE_ROOT/var/log"
-echo "installer run $version tmpdir=$tmpdir" >> "$log"
+echo "installer run $version tmpdir=$tmpdir" > "$log"
+echo "$version" >> "$FAKE_ROOT/.installer-runs"
 if [ -e "$FAKE_ROOT/usr/lib/nvidia/alternate-install-present" ]; then
   echo "ERROR: The installation was canceled due to the availability or presence of an alternate driver installation." >> "$log"
   exit 1
 fi
 @FAIL@
-mkdir -p "$FAKE_ROOT/var/lib/nvidia" "$FAKE_ROOT/usr/lib/x86_64-linux-gnu" "$FAKE_ROOT/usr/bin"
-rm -f "$FAKE_ROOT"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.*
-printf '1.0-%s (%s)\nNVIDIA Accelerated Graphics Driver for Linux-x86_64 (%s)\n' "$(echo $version | tr -d .)" "$version" "$version" > "$FAKE_ROOT/var/lib/nvidia/log"
-: > "$FAKE_ROOT/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.$version"
+lib=/usr/lib/x86_64-linux-gnu
+mkdir -p "$FAKE_ROOT/var/lib/nvidia" "$FAKE_ROOT$lib" "$FAKE_ROOT/usr/bin"
+rm -f "$FAKE_ROOT$lib"/libnvidia-ml.so.* "$FAKE_ROOT$lib"/libcuda.so.*
 echo "$version" > "$FAKE_ROOT/usr/bin/nvidia-smi"
+# Real ELF libraries with NVIDIA's sonames, built once by the test harness.
+cp @STUBS@/libnvidia-ml.so "$FAKE_ROOT$lib/libnvidia-ml.so.$version"
+cp @STUBS@/libcuda.so "$FAKE_ROOT$lib/libcuda.so.$version"
+ln -sf "libnvidia-ml.so.$version" "$FAKE_ROOT$lib/libnvidia-ml.so.1"
+ln -sf "libcuda.so.$version" "$FAKE_ROOT$lib/libcuda.so.1"
+crc() {
+  python3 -c 'import sys
+d = open(sys.argv[1], "rb").read()
+c = 0xFFFFFFFF
+for b in d:
+    c ^= b << 24
+    for _ in range(8):
+        c = ((c << 1) ^ 0x04C11DB7 if c & 0x80000000 else c << 1) & 0xFFFFFFFF
+print(c if d else 0)' "$FAKE_ROOT$1"
+}
+{
+  printf '1.0-%s (%s)\nNVIDIA Accelerated Graphics Driver for Linux-x86_64\n' "$(echo $version | tr -d .)" "$version"
+  for f in /usr/bin/nvidia-smi "$lib/libnvidia-ml.so.$version" "$lib/libcuda.so.$version"; do
+    printf '1: %s\n%s\n' "$f" "$(crc "$f")"
+  done
+  printf '0: %s\n%s\n' "$lib/libnvidia-ml.so.1" "libnvidia-ml.so.$version" "$lib/libcuda.so.1" "libcuda.so.$version"
+} > "$FAKE_ROOT/var/lib/nvidia/log"

@@ -15,6 +15,18 @@ const V2: &str = "550.90.07";
 pub struct FakeHost {
     pub dir: TempDir,
     pub config: Value,
+    /// Each running fake container's init: a real process, so that the
+    /// hook's pidfd names something, killed when the host is dropped.
+    inits: std::sync::Mutex<Vec<(u32, std::process::Child)>>,
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        for (_, child) in self.inits.lock().unwrap().iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl FakeHost {
@@ -44,9 +56,11 @@ impl FakeHost {
                     "pve": d.join("pve"), "sys": d.join("sys"), "proc": d.join("proc"),
                     "cache": d.join("cache"), "lock": d.join("lock"), "log": d.join("log"),
                     "dev": d.join("dev"), "state": d.join("state"),
+                    "local_cache": d.join("cache"),
                 },
             }),
             dir,
+            inits: std::sync::Mutex::new(Vec::new()),
         };
         host.set_host_version(V1);
         host.runfile(V1, false);
@@ -98,7 +112,8 @@ impl FakeHost {
             &path,
             template
                 .replace("@VERSION@", version)
-                .replace("@FAIL@", fail),
+                .replace("@FAIL@", fail)
+                .replace("@STUBS@", &stub_libraries().display().to_string()),
         );
         path
     }
@@ -116,30 +131,82 @@ impl FakeHost {
     }
 
     /// A running container: its config, its root, and the cgroup and /proc
-    /// entries through which the hook finds its init.
+    /// entries through which the hook finds its init: a real process (a
+    /// `sleep`), which the fake /proc describes as pid 1 of its namespace in
+    /// the container's cgroup, with this machine's mount table.
     pub fn container(&self, vmid: u32, conf: &str) -> PathBuf {
         let d = self.path();
         write(&d.join(format!("pve/lxc/{vmid}.conf")), conf);
         let root = self.ct(vmid);
-        for f in [
-            "usr/bin/dpkg-query",
-            "usr/bin/apt-get",
-            "dev/nvidia0",
-            "dev/nvidiactl",
-        ] {
+        for f in ["dev/nvidia0", "dev/nvidiactl", "dev/nvidia-uvm"] {
             write(&root.join(f), "");
         }
+        // What NVIDIA's installer looks for, and apt.
+        for tool in [
+            "usr/bin/apt-get",
+            "usr/sbin/ldconfig",
+            "usr/bin/grep",
+            "usr/bin/dmesg",
+            "usr/bin/tail",
+            "usr/sbin/modprobe",
+            "usr/sbin/rmmod",
+            "usr/sbin/lsmod",
+            "usr/sbin/depmod",
+        ] {
+            write(&root.join(tool), "#!/bin/sh\n");
+            set_mode(&root.join(tool), 0o755);
+        }
+        write(
+            &root.join("var/lib/dpkg/status"),
+            "Package: bash\nStatus: install ok installed\n\n",
+        );
         std::fs::create_dir_all(root.join("var/tmp")).unwrap();
+        let init = std::process::Command::new("sleep")
+            .arg("infinity")
+            .spawn()
+            .unwrap();
+        let pid = init.id();
+        self.inits.lock().unwrap().push((vmid, init));
         write(
-            &d.join(format!("sys/fs/cgroup/lxc/{vmid}/cgroup.procs")),
-            format!("{vmid}\n"),
+            &d.join(format!("sys/fs/cgroup/lxc/{vmid}/ns/cgroup.procs")),
+            format!("{pid}\n"),
         );
         write(
-            &d.join(format!("proc/{vmid}/status")),
-            format!("Name:\tinit\nNSpid:\t{vmid}\t1\n"),
+            &d.join(format!("proc/{pid}/status")),
+            format!("Name:\tinit\nNSpid:\t{pid}\t1\n"),
         );
-        std::os::unix::fs::symlink(&root, d.join(format!("proc/{vmid}/root"))).unwrap();
+        write(
+            &d.join(format!("proc/{pid}/cgroup")),
+            format!("0::/lxc/{vmid}/ns\n"),
+        );
+        std::os::unix::fs::symlink(&root, d.join(format!("proc/{pid}/root"))).unwrap();
+        std::os::unix::fs::symlink(
+            "/proc/self/mountinfo",
+            d.join(format!("proc/{pid}/mountinfo")),
+        )
+        .unwrap();
         root
+    }
+
+    /// The fake container's init process.
+    pub fn init_pid(&self, vmid: u32) -> u32 {
+        self.inits
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(v, _)| *v == vmid)
+            .map(|(_, c)| c.id())
+            .unwrap()
+    }
+
+    /// Stops the container: its init exits.
+    pub fn stop(&self, vmid: u32) {
+        for (v, child) in self.inits.lock().unwrap().iter_mut() {
+            if *v == vmid {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 
     pub fn ct(&self, vmid: u32) -> PathBuf {
@@ -164,8 +231,8 @@ impl FakeHost {
     }
 
     pub fn installer_runs(&self, vmid: u32) -> usize {
-        std::fs::read_to_string(self.ct(vmid).join("var/log/nvidia-installer.log"))
-            .map(|l| l.lines().filter(|l| l.starts_with("installer run")).count())
+        std::fs::read_to_string(self.ct(vmid).join(".installer-runs"))
+            .map(|l| l.lines().count())
             .unwrap_or(0)
     }
 
@@ -174,6 +241,47 @@ impl FakeHost {
         assert!(out.status.success(), "{}", text(&out));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
     }
+}
+
+/// Two real ELF shared objects with NVIDIA's sonames (`libnvidia-ml.so.1`,
+/// `libcuda.so.1`), built once per test run, for the stand-in installer.
+fn stub_libraries() -> &'static Path {
+    static STUBS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STUBS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pnh-it-stubs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, soname) in [
+            ("libnvidia-ml.so", "libnvidia-ml.so.1"),
+            ("libcuda.so", "libcuda.so.1"),
+        ] {
+            let built = std::process::Command::new("cc")
+                .args(["-shared", "-nostdlib", "-x", "c", "/dev/null"])
+                .arg(format!("-Wl,-soname,{soname}"))
+                .arg("-o")
+                .arg(dir.join(file))
+                .status()
+                .unwrap();
+            assert!(built.success(), "cc failed building {file}");
+        }
+        dir
+    })
+}
+
+/// Every file in the cache, locks aside.
+pub fn cached_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if !p.to_string_lossy().ends_with(".lock") {
+                found.push(p);
+            }
+        }
+    }
+    found
 }
 
 pub fn set_mode(path: &Path, mode: u32) {
@@ -290,11 +398,13 @@ fn prefix_version_is_not_up_to_date() {
     // The plan's `grep -q` took 550.54 for 550.54.14.
     let host = FakeHost::new();
     let ct = host.container(103, TAGGED);
-    write(&ct.join("var/lib/nvidia/log"), "1.0-55054 (550.54)\n");
+    let lib = "usr/lib/x86_64-linux-gnu";
     write(
-        &ct.join("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.54"),
-        "",
+        &ct.join("var/lib/nvidia/log"),
+        format!("1.0-55054 (550.54)\nNVIDIA driver\n1: /usr/bin/nvidia-smi\n0\n1: /{lib}/libnvidia-ml.so.550.54\n0\n1: /{lib}/libcuda.so.550.54\n0\n"),
     );
+    write(&ct.join(format!("{lib}/libnvidia-ml.so.550.54")), "");
+    write(&ct.join(format!("{lib}/libcuda.so.550.54")), "");
     write(&ct.join("usr/bin/nvidia-smi"), "550.54\n");
     assert_eq!(host.status_json(103)["state"], "mismatch");
     assert_eq!(host.status_json(103)["container_version"], "550.54");
@@ -339,17 +449,8 @@ fn bad_digest_is_refused_and_never_cached() {
     let out = host.run(&["install", "105"]);
     expect_exit(&out, 1, "sha256 mismatch");
     assert!(host.calls().is_empty(), "{:?}", host.calls());
-    let cached: Vec<_> = std::fs::read_dir(host.path().join("cache"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        cached
-            .iter()
-            .all(|n| n.to_string_lossy().ends_with(".lock")),
-        "{cached:?}"
-    );
+    let cached = cached_files(&host.path().join("cache"));
+    assert!(cached.is_empty(), "{cached:?}");
 }
 
 #[test]
@@ -392,9 +493,12 @@ fn download_is_verified_cached_and_shared() {
         1,
         "one download per host"
     );
+    let digest = support::sha256_hex(&runfile);
     assert!(host
         .path()
-        .join(format!("cache/NVIDIA-Linux-x86_64-{V1}.run"))
+        .join(format!(
+            "cache/sha256/{digest}/NVIDIA-Linux-x86_64-{V1}.run"
+        ))
         .is_file());
     assert_eq!(host.installer_runs(107), 1);
     assert_eq!(host.installer_runs(108), 1);
@@ -405,16 +509,26 @@ fn distribution_packages_are_purged_and_their_marker_removed() {
     let host = FakeHost::new();
     let ct = host.container(109, TAGGED);
     write(
-        &ct.join("var/lib/dpkg/fake-status"),
-        "ii  bash\nii  nvidia-driver-libs\nrc  libcuda1\nii  nvidia-container-toolkit\nun  nvidia-old\n",
+        &ct.join("var/lib/dpkg/status"),
+        "Package: bash\nStatus: install ok installed\n\n\
+         Package: nvidia-driver-libs\nStatus: install ok installed\n\n\
+         Package: libcuda1\nStatus: deinstall ok config-files\n\n\
+         Package: nvidia-container-toolkit\nStatus: install ok installed\n\n\
+         Package: nvidia-old\nStatus: purge ok not-installed\n\n",
     );
     write(&ct.join("usr/lib/nvidia/alternate-install-present"), "");
     let out = host.run(&["109", "post-start"]);
     assert!(out.status.success(), "{}", text(&out));
     let calls = host.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.ends_with("-s purge nvidia-driver-libs libcuda1")),
+        "apt's plan is asked first: {calls:?}"
+    );
     let purge = calls
         .iter()
-        .find(|c| c.contains(" purge "))
+        .find(|c| c.contains(" purge -y "))
         .expect("a purge");
     assert!(
         purge.ends_with("purge -y --allow-change-held-packages nvidia-driver-libs libcuda1"),
@@ -430,7 +544,7 @@ fn clean_container_purges_nothing() {
     host.container(110, TAGGED);
     let out = host.run(&["110", "post-start"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no NVIDIA/CUDA packages to purge"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no NVIDIA driver packages to purge"));
     assert!(!host.calls().iter().any(|c| c.contains(" purge ")));
 }
 
@@ -466,7 +580,11 @@ fn missing_device_node_fails_verify_but_does_not_reinstall() {
     let ct = host.container(112, TAGGED);
     std::fs::remove_file(ct.join("dev/nvidia0")).unwrap();
     let out = host.run(&["112", "post-start"]);
-    expect_exit(&out, 1, "/dev/nvidia0 missing in the container");
+    expect_exit(
+        &out,
+        1,
+        "/dev/nvidia0 (or any /dev/nvidiaN) missing in the container",
+    );
     let verify = host.run(&["verify", "112"]);
     assert_eq!(verify.status.code(), Some(1));
     assert!(
@@ -644,12 +762,25 @@ fn background_mode_returns_at_once_and_installs_detached() {
 }
 
 #[test]
-fn writable_config_is_refused_for_installs() {
+fn writable_config_is_refused_in_every_command_and_phase() {
     let host = FakeHost::new();
     host.container(124, TAGGED);
     set_mode(&host.config_path(), 0o666);
-    let out = host.run(&["install", "124"]);
-    expect_exit(&out, 1, "chmod go-w");
+    for args in [
+        &["install", "124"][..],
+        &["124", "post-start"],
+        &["status"],
+        &["verify", "124"],
+    ] {
+        let out = host.run(args);
+        expect_exit(
+            &out,
+            2,
+            "writable by group or others (mode 666); fix: chmod go-w",
+        );
+    }
+    // pre-start never aborts a start over this tool's own configuration.
+    expect_exit(&host.run(&["124", "pre-start"]), 0, "chmod go-w");
     assert!(host.calls().is_empty());
 }
 
@@ -667,7 +798,7 @@ fn a_container_without_apt_is_named_by_its_ostype() {
     let host = FakeHost::new();
     let ct = host.container(125, "ostype: alpine\ntags: nvidia\n");
     std::fs::remove_file(ct.join("usr/bin/apt-get")).unwrap();
-    std::fs::remove_file(ct.join("usr/bin/dpkg-query")).unwrap();
+    std::fs::remove_file(ct.join("var/lib/dpkg/status")).unwrap();
     let out = host.run(&["install", "125"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(

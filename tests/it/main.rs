@@ -6,6 +6,7 @@
 mod e2e;
 mod fake_host;
 mod faults;
+mod hostile;
 mod operator;
 mod package;
 mod support;

@@ -150,7 +150,9 @@ fn serve(mut stream: TcpStream, root: &Path, counts: &Mutex<HashMap<String, usiz
             break;
         }
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    // A query string (a token) is not part of the file's name.
+    let path = path.split('?').next().unwrap_or("/").to_string();
     *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
     // Faults on demand: /fault/<kind>/<file>.
     let (fault, served) = match path.strip_prefix("/fault/").and_then(|p| p.split_once('/')) {
@@ -167,6 +169,34 @@ fn serve(mut stream: TcpStream, root: &Path, counts: &Mutex<HashMap<String, usiz
         Some("hang") => {
             // Bounded: the test's client gives up long before this.
             std::thread::sleep(std::time::Duration::from_secs(20));
+            return;
+        }
+        // Announces 10 GB and sends nothing.
+        Some("huge") => {
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10000000000\r\n\r\n");
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            return;
+        }
+        // No length, and bytes without end (bounded: 64 MB).
+        Some("endless") => {
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..64 {
+                if stream.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        // A byte every 100 ms: never stalls, never ends (bounded: 20 s).
+        Some("drip") => {
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+            for _ in 0..200 {
+                if stream.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             return;
         }
         Some("truncate") => {

@@ -44,7 +44,7 @@ pub(super) fn checks(
         }
     };
     report.add(scope, "running", Level::Ok, "yes", None);
-    let installed = driver::detect(&root);
+    let installed = driver::detect_in(&root);
     match (&installed, host) {
         (InstalledDriver::Installed(v), Some(h)) if v == h => report.add(
             scope,
@@ -80,6 +80,30 @@ pub(super) fn checks(
             Level::Fail,
             why.clone(),
             Some(format!("pve-nvidia-hook install --force {vmid}")),
+        ),
+        (InstalledDriver::Packaged(v), _) => report.add(
+            scope,
+            "driver",
+            Level::Warn,
+            format!("the distribution's packages ({v}); the next start replaces them with a runfile install"),
+            None,
+        ),
+        (InstalledDriver::HostProvided(v), _) => report.add(
+            scope,
+            "driver",
+            Level::Ok,
+            format!(
+                "bind-mounted from the host{}; left alone",
+                v.as_ref().map(|v| format!(" ({v})")).unwrap_or_default()
+            ),
+            None,
+        ),
+        (InstalledDriver::Unknown(why), _) => report.add(
+            scope,
+            "driver",
+            Level::Fail,
+            format!("cannot tell: {why}"),
+            None,
         ),
     }
     for node in nodes.iter().filter(|n| n.required() && passed.contains(n)) {

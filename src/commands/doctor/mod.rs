@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::cli::DoctorArgs;
 use crate::context::{Ctx, Lookup, Target};
+use crate::logging;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 use host::Node;
@@ -101,9 +102,14 @@ pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
                 Level::Warn => "WARN",
                 Level::Fail => "FAIL",
             };
-            println!("{level:<4}  {}: {}: {}", c.scope, c.check, c.detail);
+            println!(
+                "{level:<4}  {}: {}: {}",
+                c.scope,
+                c.check,
+                logging::sanitize(&c.detail)
+            );
             if let Some(fix) = &c.fix {
-                println!("      fix: {fix}");
+                println!("      fix: {}", logging::sanitize(fix));
             }
         }
     }

@@ -1,0 +1,218 @@
+//! The install pipeline, in stages, each logged with its duration:
+//! runfile → cleanup → dependencies → driver → cuda → verify.
+//!
+//! Every step inside the container goes through [`Exec`]; host-side reads of
+//! the container go through [`RootFs`]. The whole install has a time budget,
+//! and a host-wide install slot is held only around the copy and the
+//! installer: never around a download, nor around the apt stages, whose
+//! length the tenant's own programs decide.
+
+mod cleanup;
+mod deps;
+mod push;
+mod verify;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::config::Settings;
+use crate::container::dpkg;
+use crate::container::driver::InstalledDriver;
+use crate::container::rootfs::RootFs;
+use crate::container::{ContainerCommand, Exec};
+use crate::process::Output;
+use crate::runfile::{Fetcher, Runfile, Source};
+use crate::state::Locks;
+use crate::version::{self, DriverVersion};
+
+pub use cleanup::is_conflicting_package;
+pub use verify::{verify, verify_driver, verify_nvcc, Verified};
+
+pub struct Job<'a> {
+    pub settings: &'a Settings,
+    pub host: &'a DriverVersion,
+    /// What the decision to install was taken on.
+    pub installed: &'a InstalledDriver,
+    pub ostype: Option<&'a str>,
+    pub exec: &'a dyn Exec,
+    pub root: &'a RootFs,
+    pub fetcher: &'a Fetcher<'a>,
+    pub locks: &'a Locks,
+    pub budget: Budget,
+    /// Someone waits for this install (hook with `background: false`, or a
+    /// command at a terminal): a slot is waited for `slot_wait_secs` at most.
+    pub foreground: bool,
+}
+
+/// The time one container's install may take in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    deadline: Instant,
+    secs: u64,
+}
+
+impl Budget {
+    pub fn new(secs: u64) -> Budget {
+        Budget {
+            deadline: Instant::now() + Duration::from_secs(secs),
+            secs,
+        }
+    }
+
+    /// `wanted`, or what is left of the budget if that is less; an error
+    /// once it is spent.
+    pub fn limit(&self, wanted: Duration) -> Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "the install used up its budget of {}s (install_budget_secs)",
+                self.secs
+            );
+        }
+        Ok(wanted.min(left))
+    }
+}
+
+pub fn run(job: &Job) -> Result<()> {
+    let runfile = stage("runfile", || obtain_driver_runfile(job))?;
+    if job.settings.cleanup {
+        stage("cleanup", || cleanup::run(job))?;
+    }
+    stage("dependencies", || deps::run(job))?;
+    stage("driver", || {
+        let installer = push::Installer {
+            label: "NVIDIA",
+            args: job.settings.driver_args(),
+            pass_tmpdir: true,
+        };
+        push::push_and_run(job, &runfile, &installer)?;
+        push::remove_dangling_icds(job)
+    })?;
+    if let Some(cuda) = &job.settings.cuda {
+        stage("cuda", || {
+            let source = Source::parse(&cuda.runfile_url)?;
+            let digest = cuda.sha256.as_deref().map(str::to_ascii_lowercase);
+            let runfile = job.fetcher.obtain(&[source], digest.as_deref())?;
+            let installer = push::Installer {
+                label: "CUDA",
+                args: cuda.installer_args.clone(),
+                // The CUDA runfile takes its folder from TMPDIR alone.
+                pass_tmpdir: false,
+            };
+            push::push_and_run(job, &runfile, &installer)
+        })?;
+    }
+    stage("verify", || {
+        let verified = verify(job.exec, job.root, job.host, job.settings)?;
+        log::info!("the container has {}", verified.capabilities());
+        Ok(())
+    })
+}
+
+fn stage<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    log::info!("stage {name}: start");
+    let started = Instant::now();
+    let result = work();
+    let secs = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(_) => log::info!("stage {name}: done in {secs:.1}s"),
+        // The error itself is reported once, with its whole chain, by the caller.
+        Err(_) => log::warn!("stage {name}: failed after {secs:.1}s"),
+    }
+    result.with_context(|| format!("stage {name}"))
+}
+
+/// The runfile for the host's version. Its name must carry exactly that
+/// version: installing another would give "Driver/library version mismatch".
+/// Checked for every candidate before anything is fetched or run.
+fn obtain_driver_runfile(job: &Job) -> Result<Runfile> {
+    let candidates = job
+        .settings
+        .runfile_urls(job.host)
+        .iter()
+        .map(|u| Source::parse(u))
+        .collect::<Result<Vec<_>>>()?;
+    for source in &candidates {
+        let name = source.file_name()?;
+        let v = version::from_runfile_name(&name).map_err(|e| anyhow!("runfile {e}"))?;
+        if &v != job.host {
+            bail!("runfile {name} is driver {v} but the host's kernel module is {}: refusing to install it", job.host);
+        }
+    }
+    job.fetcher.obtain(
+        &candidates,
+        job.settings.configured_digest(job.host).as_deref(),
+    )
+}
+
+impl Job<'_> {
+    /// The time limit for quick commands in the container, within the budget.
+    fn quick(&self) -> Result<Duration> {
+        self.budget
+            .limit(Duration::from_secs(self.settings.command_timeout_secs))
+    }
+}
+
+fn in_ct(job: &Job, argv: &[&str]) -> Result<Output> {
+    job.exec.exec(ContainerCommand::new(argv, job.quick()?))
+}
+
+fn must(job: &Job, cmd: ContainerCommand) -> Result<Output> {
+    let shown = cmd.display();
+    let out = job.exec.exec(cmd)?;
+    if !out.success() {
+        bail!(
+            "`{shown}` in the container: {}: {}",
+            out.describe_status(),
+            out.diagnostic()
+        );
+    }
+    Ok(out)
+}
+
+/// The container's packages, from its dpkg database read on the host side
+/// (no `dpkg-query` of the tenant's runs); None when it has no dpkg.
+fn dpkg_packages(job: &Job) -> Result<Option<Vec<dpkg::Package>>> {
+    let text = job
+        .root
+        .run(|c| c.read_head(dpkg::STATUS, dpkg::MAX_STATUS))?
+        .with_context(|| format!("reading the container's {}", dpkg::STATUS))?;
+    Ok(text.map(|t| {
+        let (packages, rejected) = dpkg::parse_status(&String::from_utf8_lossy(&t));
+        if rejected > 0 {
+            log::warn!("{rejected} package name(s) in the container's dpkg status break Debian's rules; ignored");
+        }
+        packages
+    }))
+}
+
+const APT_TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn apt(job: &Job, argv: &[&str]) -> Result<ContainerCommand> {
+    let mut full = vec!["apt-get", "-o", "DPkg::Lock::Timeout=300"];
+    full.extend_from_slice(argv);
+    Ok(ContainerCommand::new(&full, job.budget.limit(APT_TIMEOUT)?)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_budget_is_an_error() {
+        let budget = Budget::new(0);
+        let err = budget
+            .limit(Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("install_budget_secs"), "{err}");
+        let plenty = Budget::new(3600);
+        assert_eq!(
+            plenty.limit(Duration::from_secs(5)).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert!(Budget::new(2).limit(Duration::from_secs(60)).unwrap() <= Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,165 @@
+//! Verification, at the end of an install and for `verify`: every file the
+//! installer's record lists (by CRC), the libraries a workload loads (by
+//! soname), `nvidia-smi` inside reporting exactly the host's version, the
+//! device nodes workloads open, and `nvcc` when CUDA is configured.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::config::Settings;
+use crate::container::driver::{self, Capabilities};
+use crate::container::rootfs::{Kind, RootFs};
+use crate::container::{ContainerCommand, Exec};
+use crate::version::{self, DriverVersion};
+
+pub struct Verified {
+    pub reported: DriverVersion,
+    pub capabilities: Capabilities,
+    pub graphics: bool,
+}
+
+impl Verified {
+    /// `CUDA, NVENC, NVDEC, OpenCL; no Vulkan, EGL, GL (compute-only: ...)`.
+    pub fn capabilities(&self) -> String {
+        let summary = self.capabilities.summary();
+        if self.graphics {
+            summary
+        } else {
+            format!("{summary} (compute-only; \"graphics\": true installs Vulkan, EGL and GL)")
+        }
+    }
+}
+
+/// The whole driver as workloads will meet it.
+pub fn verify(
+    exec: &dyn Exec,
+    root: &RootFs,
+    host: &DriverVersion,
+    settings: &Settings,
+) -> Result<Verified> {
+    let quick = Duration::from_secs(settings.command_timeout_secs);
+    let inspection = driver::inspect(root)?;
+    if &inspection.version != host {
+        bail!(
+            "the installer's record is of {}, the host's module is {host}",
+            inspection.version
+        );
+    }
+    if let Some((first, rest)) = inspection.problems.split_first() {
+        bail!(
+            "the installation is not whole: {first}{}",
+            match rest.len() {
+                0 => String::new(),
+                n => format!("; and {n} more: {}", rest.join("; ")),
+            }
+        );
+    }
+    let reported = verify_driver(exec, root, host, quick)?;
+    let missing = missing_nodes(root);
+    if !missing.is_empty() {
+        bail!(
+            "{} missing in the container: CUDA and NVENC/NVDEC in applications need it (nvidia-smi does not); \
+             pass it (pct set <vmid> --devN /dev/nvidia-uvm) and restart the container",
+            missing.join(", ")
+        );
+    }
+    if settings.cuda.is_some() {
+        verify_nvcc(exec, quick)?;
+    }
+    Ok(Verified {
+        reported,
+        capabilities: inspection.capabilities,
+        graphics: settings.graphics,
+    })
+}
+
+/// The nodes the container was given: `/dev/nvidiactl`, at least one
+/// `/dev/nvidiaN` (whichever it was given), and `/dev/nvidia-uvm` only when
+/// asked (CUDA needs it, nvidia-smi does not).
+fn gpu_nodes(root: &RootFs) -> (Vec<String>, Vec<String>) {
+    let listed = root
+        .run(|c| c.list_dir("/dev", 4096))
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let gpus: Vec<String> = listed
+        .iter()
+        .filter(|n| {
+            n.strip_prefix("nvidia")
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|n| format!("/dev/{n}"))
+        .collect();
+    let mut missing = Vec::new();
+    if root.kind("/dev/nvidiactl") == Kind::Missing {
+        missing.push("/dev/nvidiactl".to_string());
+    }
+    if gpus.is_empty() {
+        missing.push("/dev/nvidia0 (or any /dev/nvidiaN)".to_string());
+    }
+    (gpus, missing)
+}
+
+fn missing_nodes(root: &RootFs) -> Vec<String> {
+    if root.kind("/dev/nvidia-uvm") == Kind::Missing {
+        vec!["/dev/nvidia-uvm".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `nvidia-smi` inside reports exactly the host's version. A missing device
+/// node is named: that is a passthrough problem, not a reason to reinstall.
+pub fn verify_driver(
+    exec: &dyn Exec,
+    root: &RootFs,
+    host: &DriverVersion,
+    timeout: Duration,
+) -> Result<DriverVersion> {
+    let out = exec.exec(ContainerCommand::new(
+        &[
+            "nvidia-smi",
+            "--query-gpu=driver_version",
+            "--format=csv,noheader",
+        ],
+        timeout,
+    ))?;
+    if !out.success() {
+        let (_, missing) = gpu_nodes(root);
+        let why = if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; GPU not passed through: {} missing in the container",
+                missing.join(", ")
+            )
+        };
+        bail!(
+            "nvidia-smi in the container: {}: {}{why}",
+            out.describe_status(),
+            out.diagnostic()
+        );
+    }
+    let reported = version::from_nvidia_smi(&out.stdout_text())
+        .map_err(|e| anyhow!("nvidia-smi in the container: {e}"))?;
+    if &reported != host {
+        bail!("nvidia-smi in the container reports {reported}, the host's module is {host}");
+    }
+    Ok(reported)
+}
+
+pub fn verify_nvcc(exec: &dyn Exec, timeout: Duration) -> Result<()> {
+    let out = exec.exec(ContainerCommand::new(
+        &["/usr/local/cuda/bin/nvcc", "--version"],
+        timeout,
+    ))?;
+    if !out.success() {
+        bail!(
+            "nvcc in the container: {}: {}",
+            out.describe_status(),
+            out.diagnostic()
+        );
+    }
+    Ok(())
+}
