@@ -127,6 +127,15 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
+/// A size for a person: `83 KB`, `412 MB`, `4.2 GB` (powers of 1000).
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1_000_000 => format!("{} KB", b.div_ceil(1000)),
+        b if b < 10_000_000_000 => format!("{} MB", b.div_ceil(1_000_000)),
+        b => format!("{:.1} GB", b as f64 / 1e9),
+    }
+}
+
 /// A URL as it may be logged: no `user:password@`, no query string or
 /// fragment (where tokens live).
 pub fn redact_url(url: &str) -> String {
@@ -194,6 +203,14 @@ mod tests {
         );
         assert_eq!(sanitize("tab\there"), "tab\\there");
         assert_eq!(sanitize("plain ünïcode"), "plain ünïcode");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(83_484), "84 KB");
+        assert_eq!(size(412_000_000), "412 MB");
+        assert_eq!(size(4_200_000_000), "4200 MB");
+        assert_eq!(size(12_300_000_000), "12.3 GB");
     }
 
     #[test]

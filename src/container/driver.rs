@@ -89,6 +89,14 @@ pub fn detect(c: &Confined) -> InstalledDriver {
     }
     let paths = record.required_paths();
     let kinds = c.kinds(&paths);
+    // A folder the host must not (or could not) read: cannot tell.
+    if let Some((path, Err(e))) = paths
+        .iter()
+        .zip(&kinds)
+        .find(|(_, k)| k.as_ref().is_err_and(cannot_tell))
+    {
+        return InstalledDriver::Unknown(format!("{path}: {e}"));
+    }
     let expected = |path: &str| {
         if record.symlinks.iter().any(|(p, _)| p == path) {
             Kind::Symlink
@@ -133,12 +141,18 @@ fn and_more(n: usize) -> String {
 /// could not look (an untrusted file system, a timeout), "broken" otherwise
 /// (a FIFO where the record belongs, a symlink loop).
 fn unreadable(path: &str, e: io::Error) -> InstalledDriver {
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::PermissionDenied => {
-            InstalledDriver::Unknown(format!("{path}: {e}"))
-        }
-        _ => InstalledDriver::Broken(format!("{path}: {e}")),
+    if cannot_tell(&e) {
+        InstalledDriver::Unknown(format!("{path}: {e}"))
+    } else {
+        InstalledDriver::Broken(format!("{path}: {e}"))
     }
+}
+
+fn cannot_tell(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::PermissionDenied
+    )
 }
 
 /// No record: the distribution's packages, a stray library, or nothing.

@@ -16,6 +16,7 @@ use super::{in_ct, must, Job};
 use crate::container::driver::{INSTALLER_LOG, INSTALLER_RECORD};
 use crate::container::record::{is_vulkan_icd, Record};
 use crate::container::ContainerCommand;
+use crate::logging::size;
 use crate::process::last_lines;
 use crate::runfile::{hex_digest, Runfile};
 
@@ -105,12 +106,12 @@ fn check_space(job: &Job, runfile: &Runfile, dir: &str) -> Result<()> {
     for (place, free, needed) in needs {
         if free < needed {
             bail!(
-                "not enough space in the container's {place}: {} MB free, {} MB needed for {} ({} MB more); \
+                "not enough space in the container's {place}: {} free, {} needed for {} ({} more); \
                  grow the container's disk (pct resize <vmid> rootfs +{}G)",
-                free / 1_000_000,
-                needed / 1_000_000,
+                size(free),
+                size(needed),
                 runfile.name,
-                (needed - free) / 1_000_000 + 1,
+                size(needed - free),
                 (needed - free) / 1_000_000_000 + 1
             );
         }
@@ -190,7 +191,8 @@ fn stream_into(job: &Job, runfile: &Runfile, dir: &str) -> Result<String> {
     let copied = job.root.file_size(&target).unwrap_or(0);
     if copied != runfile.size {
         bail!(
-            "copy of {} into the container is incomplete ({copied} of {} bytes)",
+            "the copy of {} in the container has {copied} bytes, not the {} sent: it changed on its way; \
+             the installer was not run",
             runfile.name,
             runfile.size
         );

@@ -41,8 +41,13 @@ pub fn verify(
     let quick = Duration::from_secs(settings.command_timeout_secs);
     let inspection = driver::inspect(root)?;
     if &inspection.version != host {
+        // What workloads see of it, too.
+        let seen = match verify_driver(exec, root, host, quick) {
+            Err(e) => format!(" ({e:#})"),
+            Ok(_) => String::new(),
+        };
         bail!(
-            "the installer's record is of {}, the host's module is {host}",
+            "the container's driver is {}, the host's module is {host}{seen}",
             inspection.version
         );
     }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::cache::Slot;
 use super::hex_digest;
-use crate::logging::redact_url;
+use crate::logging::{redact_url, size};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -151,18 +151,18 @@ fn stream(
     if let Some(total) = total {
         if total > limits.max_bytes {
             return Err(refused(anyhow!(
-                "{shown} is {} MB, over max_download_mb ({} MB); refused before writing anything",
-                total / 1_000_000,
-                limits.max_bytes / 1_000_000
+                "{shown} is {}, over max_download_mb ({}); refused before writing anything",
+                size(total),
+                size(limits.max_bytes)
             )));
         }
         let free = free_bytes(&slot.dir).map_err(refused)?;
         if total > free {
             return Err(refused(anyhow!(
-                "{shown} is {} MB but {} has {} MB free; refused before writing anything",
-                total / 1_000_000,
+                "{shown} is {} but {} has {} free; refused before writing anything",
+                size(total),
                 slot.dir.display(),
-                free / 1_000_000
+                size(free)
             )));
         }
     }
@@ -193,15 +193,15 @@ fn stream(
         done += n as u64;
         if done > limits.max_bytes {
             return Err(refused(anyhow!(
-                "{shown} sent more than max_download_mb ({} MB); abandoned",
-                limits.max_bytes / 1_000_000
+                "{shown} sent more than max_download_mb ({}); abandoned",
+                size(limits.max_bytes)
             )));
         }
         if started.elapsed() > limits.total {
             return Err(refused(anyhow!(
-                "{shown} took longer than download_max_secs ({}s); abandoned after {} MB",
+                "{shown} took longer than download_max_secs ({}s); abandoned after {}",
                 limits.total.as_secs(),
-                done / 1_000_000
+                size(done)
             )));
         }
         hasher.update(&buf[..n]);

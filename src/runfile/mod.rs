@@ -194,8 +194,8 @@ impl Fetcher<'_> {
             self.log,
         )?;
         (self.log)(&format!(
-            "downloaded {name} ({} MB), sha256 {digest}",
-            size / 1_000_000
+            "downloaded {name} ({}), sha256 {digest}",
+            crate::logging::size(size)
         ));
         slot.reuse(self.log)
             .map_err(failed)?

@@ -12,11 +12,14 @@
 #   sandbox.sh debs                         Debian's NVIDIA packages, cached; prints their folder
 #   sandbox.sh fuse-blackhole               the hostile FUSE daemon, built once; prints its path
 #   sandbox.sh cuda-runfile DIR             builds DIR/cuda_12.4.1_550.54.15_linux.run
-#   sandbox.sh nvidia-deb DIR               builds DIR/nvidia-driver-libs_1.0_all.deb
 #   sandbox.sh host-version WORK VERSION    the host "loads" driver VERSION
-#   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS] [fuse]
-#                                           creates and starts container VMID (fuse: /dev/fuse
-#                                           passed, as Proxmox's features: fuse=1)
+#   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS] [OPTION...]
+#                                           creates and starts container VMID; options:
+#                                           fuse (/dev/fuse passed, as features: fuse=1),
+#                                           nouvm (no /dev/nvidia-uvm), gpu1 (/dev/nvidia1
+#                                           instead of nvidia0), hostdriver (the host's
+#                                           nvidia-smi and libraries bind-mounted, as the
+#                                           NVIDIA Container Toolkit does)
 #   sandbox.sh down VMID                    stops and destroys it
 set -euo pipefail
 
@@ -173,43 +176,48 @@ cuda_runfile() {
     rm -rf "$stage" "$stage.header"
 }
 
-nvidia_deb() {
-    local dir=$1 pkg
-    pkg=$(mktemp -d)
-    mkdir -p "$pkg/DEBIAN" "$pkg/usr/lib/nvidia"
-    printf 'Package: nvidia-driver-libs\nVersion: 1.0\nArchitecture: all\nMaintainer: sandbox <root@localhost>\nDescription: stand-in for the distribution NVIDIA driver libraries\n' > "$pkg/DEBIAN/control"
-    : > "$pkg/usr/lib/nvidia/alternate-install-present"
-    mkdir -p "$dir"
-    dpkg-deb --root-owner-group -b "$pkg" "$dir/nvidia-driver-libs_1.0_all.deb" >&2
-    rm -rf "$pkg"
-}
-
 host_version() {
     local work=$1 version=$2
     mkdir -p "$work/sys/module/nvidia" "$work/dev"
     [ -e "$work/sys/fs" ] || ln -s /sys/fs "$work/sys/fs"
     echo "$version" > "$work/sys/module/nvidia/version"
     # The device node stand-ins: what nvidia-smi reads as the kernel module.
-    echo "$version" > "$work/dev/nvidia0"
-    echo "$version" > "$work/dev/nvidiactl"
-    echo "$version" > "$work/dev/nvidia-uvm"
+    for n in nvidia0 nvidia1 nvidiactl nvidia-uvm; do
+        echo "$version" > "$work/dev/$n"
+    done
+    # The host's own user-space driver, for containers that bind-mount it.
+    mkdir -p "$work/hostdriver"
+    sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-smi" > "$work/hostdriver/nvidia-smi"
+    chmod 755 "$work/hostdriver/nvidia-smi"
+    stub_lib "$work/hostdriver/libnvidia-ml.so.$version" libnvidia-ml.so.1
+    stub_lib "$work/hostdriver/libcuda.so.$version" libcuda.so.1
 }
 
 up() {
-    local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no
+    local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
+    local nodes="nvidia0 nvidiactl nvidia-uvm" version
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
             fuse) fuse=yes ;;
+            nouvm) nodes=${nodes/ nvidia-uvm/} ;;
+            gpu1) nodes=${nodes/nvidia0/nvidia1} ;;
+            hostdriver) hostdriver=yes ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
+    version=$(cat "$work/sys/module/nvidia/version")
+    local lib=usr/lib/x86_64-linux-gnu
+    local driver_mounts=(
+        "$work/hostdriver/nvidia-smi usr/bin/nvidia-smi none bind,ro,create=file"
+        "$work/hostdriver/libnvidia-ml.so.$version $lib/libnvidia-ml.so.$version none bind,ro,create=file"
+        "$work/hostdriver/libcuda.so.$version $lib/libcuda.so.$version none bind,ro,create=file"
+    )
     root=$(base)
     down "$vmid" 2>/dev/null || true
     dir="$lxcpath/$vmid"
     mkdir -p "$dir" "$work/pve/lxc"
     cp -a "$root" "$dir/rootfs"
-    local nodes="nvidia0 nvidiactl nvidia-uvm"
     {
         echo "arch: amd64"
         echo "hostname: ct$vmid"
@@ -221,6 +229,9 @@ up() {
             for n in $nodes; do
                 echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
             done
+        fi
+        if [ "$hostdriver" = yes ]; then
+            for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry: $m"; done
         fi
     } > "$work/pve/lxc/$vmid.conf"
     {
@@ -245,6 +256,9 @@ up() {
                 echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
             done
         fi
+        if [ "$hostdriver" = yes ]; then
+            for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
+        fi
     } > "$dir/config"
     lxc-start -n "$vmid" -d
     lxc-wait -n "$vmid" -s RUNNING -t 30
@@ -264,9 +278,8 @@ case "$cmd" in
     debs) debs ;;
     fuse-blackhole) fuse_blackhole ;;
     cuda-runfile) cuda_runfile "$@" ;;
-    nvidia-deb) nvidia_deb "$@" ;;
     host-version) host_version "$@" ;;
     up) up "$@" ;;
     down) down "$@" ;;
-    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac

@@ -4,6 +4,8 @@
 //! built .deb into one (root only).
 
 mod e2e;
+mod e2e_driver;
+mod e2e_hostile;
 mod fake_host;
 mod faults;
 mod hostile;
