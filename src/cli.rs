@@ -88,6 +88,11 @@ pub struct StatusArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Every node's containers: this node's read now, the others' as their
+    /// nodes last published them in the cluster file system, whether they
+    /// run from Proxmox's API.
+    #[arg(long)]
+    pub cluster: bool,
     /// Containers to show [default: every container config found].
     pub vmids: Vec<Vmid>,
 }
@@ -96,9 +101,10 @@ pub struct StatusArgs {
 pub struct EnableArgs {
     #[arg(required = true)]
     pub vmids: Vec<Vmid>,
-    /// Storage for the snippet; it must allow the `snippets` content type.
-    #[arg(long, default_value = "local")]
-    pub storage: String,
+    /// Storage for the snippet; it must allow the `snippets` content type
+    /// [default: on a cluster a shared one that does, else local].
+    #[arg(long)]
+    pub storage: Option<String>,
     /// Do not add the `nvidia` tag.
     #[arg(long)]
     pub no_tag: bool,

@@ -99,6 +99,9 @@ pub struct Paths {
     /// This node's own runfile cache, used when `cache` is on a shared file
     /// system that cannot be locked or trusted.
     pub local_cache: PathBuf,
+    /// Where storage paths (`/var/lib/vz`) are found: `/` on a host; the
+    /// tests give each simulated node a folder of its own.
+    pub storage_root: PathBuf,
 }
 
 impl Default for Paths {
@@ -114,6 +117,7 @@ impl Default for Paths {
             dev: "/dev".into(),
             state: "/var/lib/pve-nvidia-hook".into(),
             local_cache: "/var/cache/pve-nvidia-hook".into(),
+            storage_root: "/".into(),
         }
     }
 }

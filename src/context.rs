@@ -57,18 +57,55 @@ impl Ctx {
         &self.loaded.config
     }
 
+    /// This node's container (or VM) `vmid`.
     pub fn lookup(&self, vmid: Vmid) -> Result<Lookup> {
         let pve = &self.config().paths.pve;
         let path = pve.join(format!("lxc/{vmid}.conf"));
-        let text = match read_bounded(&path) {
-            Ok(Some(text)) => text,
-            Ok(None) if pve.join(format!("qemu-server/{vmid}.conf")).exists() => {
-                return Ok(Lookup::Vm)
+        match read_bounded(&path)? {
+            Some(text) => Ok(self.resolve(vmid, &path, &text)?),
+            None if pve.join(format!("qemu-server/{vmid}.conf")).exists() => Ok(Lookup::Vm),
+            None => Ok(Lookup::Missing),
+        }
+    }
+
+    /// Container `vmid` on any node of the cluster.
+    pub fn lookup_on(&self, node: &str, vmid: Vmid) -> Result<Lookup> {
+        let path = self
+            .config()
+            .paths
+            .pve
+            .join(format!("nodes/{node}/lxc/{vmid}.conf"));
+        match read_bounded(&path)? {
+            Some(text) => Ok(self.resolve(vmid, &path, &text)?),
+            None => Ok(Lookup::Missing),
+        }
+    }
+
+    /// Every container of the cluster, with its node (this node's alone
+    /// when there is no cluster file system).
+    pub fn cluster_containers(&self) -> Result<Vec<(String, Vmid)>> {
+        let pve = &self.config().paths.pve;
+        let nodes = crate::cluster::nodes(pve);
+        if nodes.is_empty() {
+            let node = crate::cluster::node_name(pve);
+            return Ok(self
+                .all_containers()?
+                .into_iter()
+                .map(|v| (node.clone(), v))
+                .collect());
+        }
+        let mut all = Vec::new();
+        for node in nodes {
+            for vmid in list_configs(&pve.join(format!("nodes/{node}/lxc")))? {
+                all.push((node.clone(), vmid));
             }
-            Ok(None) => return Ok(Lookup::Missing),
-            Err(e) => return Err(e),
-        };
-        let pct = PctConfig::parse(&text);
+        }
+        all.sort_by_key(|(_, v)| *v);
+        Ok(all)
+    }
+
+    fn resolve(&self, vmid: Vmid, path: &Path, text: &str) -> Result<Lookup> {
+        let pct = PctConfig::parse(text);
         if pct.skipped_lines > 0 {
             log::debug!(
                 "{}: skipped {} unparsable line(s)",
@@ -147,21 +184,25 @@ impl Ctx {
         Ok(Some(root))
     }
 
-    /// Every container config, by vmid.
+    /// Every container config of this node, by vmid.
     pub fn all_containers(&self) -> Result<Vec<Vmid>> {
-        let dir = self.config().paths.pve.join("lxc");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        let mut vmids: Vec<Vmid> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".conf")?.parse().ok())
-            .collect();
-        vmids.sort();
-        Ok(vmids)
+        list_configs(&self.config().paths.pve.join("lxc"))
     }
+}
+
+/// The vmids of the `<vmid>.conf` files in a folder, sorted.
+fn list_configs(dir: &Path) -> Result<Vec<Vmid>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut vmids: Vec<Vmid> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".conf")?.parse().ok())
+        .collect();
+    vmids.sort();
+    Ok(vmids)
 }
 
 /// `lxc-info -p -H`: the one program run to find a container's init when its

@@ -1,7 +1,7 @@
 //! The decisions, as pure functions of what was read: is NVIDIA requested for
 //! this container, does it need an install, and what `status` calls its state.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::container::driver::InstalledDriver;
 use crate::pct_config::{Passthrough, PctConfig};
@@ -93,7 +93,7 @@ pub fn decide(host: &DriverVersion, installed: &InstalledDriver, force: bool) ->
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     UpToDate,

@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: [`cli`] → [`config`] → [`decision`] → [`pipeline`].
 
+pub mod chain;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod pct_config;
 pub mod pipeline;
 pub mod process;
+pub mod published;
 pub mod runfile;
 pub mod snippet;
 pub mod state;

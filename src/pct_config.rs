@@ -22,6 +22,20 @@ pub struct PctConfig {
     pub entries: Vec<Entry>,
     /// Lines that are none of the above; Proxmox warns about and skips them.
     pub skipped_lines: usize,
+    /// A `[section]` (snapshot, pending) follows the current config.
+    pub sections: bool,
+}
+
+/// A `devN:` passthrough entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub index: usize,
+    pub path: String,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The whole value, to repeat it in a fix.
+    pub value: String,
 }
 
 /// Why a container counts as wanting the GPU, as reported by `status`.
@@ -40,6 +54,7 @@ impl PctConfig {
         for raw in text.split('\n') {
             let line = raw.strip_suffix('\r').unwrap_or(raw);
             if is_section_header(line) {
+                conf.sections = true;
                 break;
             }
             if let Some(text) = line.strip_prefix('#') {
@@ -95,20 +110,28 @@ impl PctConfig {
         })
     }
 
-    /// `tags: a;b c,d`, lower-cased as `pct set` writes them.
-    pub fn tags(&self) -> Vec<String> {
+    /// `tags: a;b c,d`, as written (their case kept: a cluster whose
+    /// `tag-style` is case-sensitive keeps it).
+    pub fn raw_tags(&self) -> Vec<String> {
         self.get("tags")
             .map(|t| {
                 t.split(|c: char| c == ';' || c == ',' || c.is_whitespace())
                     .filter(|s| !s.is_empty())
-                    .map(str::to_lowercase)
+                    .map(str::to_owned)
                     .collect()
             })
             .unwrap_or_default()
     }
 
+    /// A tag, in any case (Proxmox lower-cases tags unless told otherwise).
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags().iter().any(|t| t == tag)
+        self.raw_tags().iter().any(|t| t.eq_ignore_ascii_case(tag))
+    }
+
+    /// Snapshot or pending sections follow the current config: a line
+    /// added below the first of them is not part of it.
+    pub fn has_sections(&self) -> bool {
+        self.sections
     }
 
     /// Paths passed with `devN: [path=]/dev/...[,opt=..]`.
@@ -117,6 +140,32 @@ impl PctConfig {
             .iter()
             .filter_map(|e| match e {
                 Entry::Key { key, value } if is_dev_key(key) => device_path(value),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `devN:` entries with their options.
+    pub fn devices(&self) -> Vec<Device> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Key { key, value } if is_dev_key(key) => {
+                    let opt = |name: &str, radix: u32| {
+                        value.split(',').find_map(|o| {
+                            u32::from_str_radix(o.strip_prefix(name)?.strip_prefix('=')?, radix)
+                                .ok()
+                        })
+                    };
+                    Some(Device {
+                        index: key[3..].parse().ok()?,
+                        path: device_path(value)?.to_string(),
+                        mode: opt("mode", 8),
+                        uid: opt("uid", 10),
+                        gid: opt("gid", 10),
+                        value: value.clone(),
+                    })
+                }
                 _ => None,
             })
             .collect()
@@ -285,13 +334,21 @@ snaptime: 1700000000
             c.description,
             "Ollama on the A4000: do not migrate\nowner: ml-team 100%"
         );
-        assert_eq!(c.tags(), ["ml", "nvidia"]);
+        assert_eq!(c.raw_tags(), ["ml", "Nvidia"]);
         assert!(c.has_tag("nvidia"));
         assert_eq!(
             c.device_paths(),
             ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"]
         );
         assert_eq!(c.nvidia_passthrough(), Some(Passthrough::Device));
+        let devices = c.devices();
+        assert_eq!(devices[0].mode, Some(0o666));
+        assert_eq!(devices[0].gid, Some(44));
+        assert_eq!(
+            (devices[1].index, devices[1].path.as_str()),
+            (1, "/dev/nvidiactl")
+        );
+        assert_eq!(devices[2].mode, None);
         assert_eq!(c.ostype(), Some("debian"));
         assert_eq!(c.hookscript(), Some("local:snippets/pve-nvidia-hook"));
         assert_eq!(
@@ -356,7 +413,12 @@ snaptime: 1700000000
     #[test]
     fn render_round_trip_of_real_file() {
         let c = PctConfig::parse(GPU_CT);
-        assert_eq!(PctConfig::parse(&c.render()), c);
+        assert!(c.has_sections());
+        let again = PctConfig::parse(&c.render());
+        assert_eq!(
+            (&again.entries, &again.description),
+            (&c.entries, &c.description)
+        );
     }
 
     proptest! {

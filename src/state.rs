@@ -92,6 +92,13 @@ impl Locks {
         }
     }
 
+    /// Serialises this node's writers of its published status.
+    pub fn publish(&self) -> Result<Held> {
+        let fd = open_lock(&self.dir, "publish.lock")?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive).context("locking publish.lock")?;
+        Ok(Held { _fd: fd })
+    }
+
     /// Serialises downloads of one cache entry, also between nodes when the
     /// cache is on a shared file system (flock works on NFS and CephFS).
     pub fn download(&self, dir: &Path, name: &str) -> Result<Held> {
@@ -184,58 +191,4 @@ impl Results {
         let text = std::fs::read(self.path(vmid)).ok()?;
         serde_json::from_slice(&text).ok()
     }
-}
-
-/// Hookscripts that `enable --chain` found on a container: ours calls them
-/// first, for every phase; `disable` puts them back.
-pub struct Chains {
-    dir: PathBuf,
-}
-
-impl Chains {
-    pub fn new(state_dir: &Path) -> Chains {
-        Chains {
-            dir: state_dir.join("chain"),
-        }
-    }
-
-    fn path(&self, vmid: Vmid) -> PathBuf {
-        self.dir.join(vmid.to_string())
-    }
-
-    /// The chained volume (`<storage>:snippets/<name>`), if any.
-    pub fn get(&self, vmid: Vmid) -> Option<String> {
-        let text = std::fs::read_to_string(self.path(vmid)).ok()?;
-        let volume = text.trim();
-        is_snippet_volume(volume).then(|| volume.to_string())
-    }
-
-    pub fn set(&self, vmid: Vmid, volume: &str) -> Result<()> {
-        if !is_snippet_volume(volume) {
-            anyhow::bail!("'{volume}' is not a <storage>:snippets/<name> volume");
-        }
-        fsutil::ensure_private_dir(&self.dir)?;
-        fsutil::write_atomic(&self.path(vmid), format!("{volume}\n").as_bytes(), 0o600)
-    }
-
-    pub fn remove(&self, vmid: Vmid) -> Result<()> {
-        match std::fs::remove_file(self.path(vmid)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", self.path(vmid).display()))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-fn is_snippet_volume(volume: &str) -> bool {
-    volume.split_once(':').is_some_and(|(storage, rest)| {
-        !storage.is_empty()
-            && storage
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && rest
-                .strip_prefix("snippets/")
-                .is_some_and(|n| !n.is_empty() && !n.contains('/') && n != "." && n != "..")
-    })
 }

@@ -1,44 +1,110 @@
 //! `enable` and `disable`: registering the hook the Proxmox way. The snippet
-//! goes to a storage that allows snippets, the hookscript and tag are set
+//! goes to a storage that allows snippets, the hookscript and tags are set
 //! with `pct set` (Proxmox's own validation and locking), and a container's
 //! existing hookscript is never dropped silently.
+//!
+//! On a cluster, a container may start on any node, and Proxmox aborts a
+//! start whose hookscript does not exist on that node: a shared storage is
+//! preferred, and a node-local one is accepted only when every node has the
+//! snippet (the package places it in each node's `local` storage).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::chain::{self, Chains};
 use crate::cli::{DisableArgs, EnableArgs};
+use crate::cluster::{self, Api};
 use crate::context::{Ctx, Target};
 use crate::error::usage;
+use crate::pct_config::PctConfig;
 use crate::process::{self, Limits};
 use crate::snippet::{is_ours, SNIPPET, SNIPPET_NAME};
-use crate::state::Chains;
+use crate::storage::{self, Storage};
 use crate::vmid::Vmid;
-use crate::{cluster, storage};
 use crate::{fsutil, logging};
 
 pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
-    let storages = storage::load(&ctx.config().paths.pve)?;
-    let store =
-        storage::snippet_storage(&storages, &args.storage).map_err(|e| usage(format!("{e:#}")))?;
+    let paths = &ctx.config().paths;
+    let node = cluster::node_name(&paths.pve);
+    let nodes = cluster::nodes(&paths.pve);
+    let storages = storage::load(&paths.pve)?;
+    let store = storage::snippet_storage(
+        &storages,
+        args.storage.as_deref(),
+        &node,
+        nodes.len(),
+        &paths.storage_root,
+    )
+    .map_err(|e| usage(format!("{e:#}")))?;
     let volume = format!("{}:snippets/{SNIPPET_NAME}", store.name);
     let snippet = store
-        .snippet_path(SNIPPET_NAME)
+        .snippet_path(&paths.storage_root, SNIPPET_NAME)
         .ok_or_else(|| anyhow!("storage '{}' has no path", store.name))?;
     place_snippet(&snippet, args.dry_run)?;
-    if !store.is_shared() && cluster::node_count(&ctx.config().paths.pve) > 1 {
-        println!(
-            "note: {} is node-local storage: the snippet must exist on every node these containers may start on",
-            store.name
-        );
+    if !store.is_shared() && nodes.len() > 1 {
+        if args.dry_run {
+            println!(
+                "would check that every node ({}) has {volume}",
+                nodes.join(", ")
+            );
+        } else {
+            let lacking = nodes_lacking(&Api, &nodes, &node, &store.name, &volume);
+            if !lacking.is_empty() {
+                bail!(
+                    "{volume} is on node-local storage and does not exist on {}: Proxmox aborts a start there \
+                     (after a migration or an HA recovery). Install pve-nvidia-hook on those nodes (its package \
+                     places the snippet in their local storage), or use a shared storage with snippets (--storage {})",
+                    lacking.join("; "),
+                    shared_snippet_storages(&storages, &node).join("|")
+                );
+            }
+        }
     }
-    let chains = Chains::new(&ctx.config().paths.state);
-    Ok(super::for_each(&args.vmids, |vmid| {
+    let chains = Chains::new(&paths.pve);
+    let code = super::for_each(&args.vmids, |vmid| {
         enable_one(&ctx, &chains, vmid, &volume, args)
-    }))
+    });
+    if !args.dry_run {
+        clear_stale_chains(&ctx, &chains);
+    }
+    Ok(code)
+}
+
+/// Other nodes that do not see the snippet, through Proxmox's API (what
+/// each node's storage lists), with why.
+pub fn nodes_lacking(
+    api: &Api,
+    nodes: &[String],
+    this: &str,
+    storage: &str,
+    volume: &str,
+) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| *n != this)
+        .filter_map(|n| match api.snippets(n, storage) {
+            Ok(volids) if volids.iter().any(|v| v == volume) => None,
+            Ok(_) => Some(n.clone()),
+            Err(e) => Some(format!("{n} (cannot ask it: {e:#})")),
+        })
+        .collect()
+}
+
+pub fn shared_snippet_storages(storages: &[Storage], node: &str) -> Vec<String> {
+    let shared: Vec<String> = storages
+        .iter()
+        .filter(|s| s.allows_snippets() && s.is_shared() && s.available_on(node))
+        .map(|s| s.name.clone())
+        .collect();
+    if shared.is_empty() {
+        vec!["<a shared storage with snippets content>".to_string()]
+    } else {
+        shared
+    }
 }
 
 fn enable_one(
@@ -49,15 +115,21 @@ fn enable_one(
     args: &EnableArgs,
 ) -> Result<()> {
     let target = ctx.container(vmid)?;
+    let mut tags = target.pct.raw_tags();
+    let before = tags.clone();
     let mut set = Vec::new();
     match target.pct.hookscript() {
-        Some(current) if is_ours(current) => {}
+        Some(current) if is_ours(current) && current == volume => {}
+        Some(current) if is_ours(current) => {
+            set.extend(["--hookscript".to_string(), volume.to_string()]);
+        }
         Some(other) if args.chain => {
             if args.dry_run {
-                println!("would record CT {vmid}'s hookscript {other}: ours calls it first for every phase");
+                println!("would record CT {vmid}'s hookscript {other} in the cluster file system and tag the container with its token: ours calls it first for every phase");
             } else {
-                chains.set(vmid, other)?;
-                println!("CT {vmid}: kept hookscript {other}: pve-nvidia-hook calls it first for every phase");
+                let token = chains.create(vmid, other)?;
+                tags.push(chain::tag(&token));
+                println!("CT {vmid}: kept hookscript {other} (tag {}): pve-nvidia-hook calls it first for every phase, on every node", chain::tag(&token));
             }
             set.extend(["--hookscript".to_string(), volume.to_string()]);
         }
@@ -69,8 +141,11 @@ fn enable_one(
         None => set.extend(["--hookscript".to_string(), volume.to_string()]),
     }
     if !args.no_tag && !target.pct.has_tag("nvidia") {
-        let mut tags = target.pct.tags();
         tags.push("nvidia".into());
+    }
+    if tags != before {
+        // `pct set --tags` replaces all tags: the container's own are kept,
+        // as written (Proxmox applies the cluster's tag-style to them).
         set.extend(["--tags".to_string(), tags.join(";")]);
     }
     if set.is_empty() {
@@ -101,22 +176,41 @@ fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
 
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
-    let chains = Chains::new(&ctx.config().paths.state);
-    Ok(super::for_each(&args.vmids, |vmid| {
+    let chains = Chains::new(&ctx.config().paths.pve);
+    let code = super::for_each(&args.vmids, |vmid| {
         disable_one(&ctx, &chains, vmid, args.dry_run)
-    }))
+    });
+    if !args.dry_run {
+        clear_stale_chains(&ctx, &chains);
+    }
+    Ok(code)
 }
 
 fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<()> {
     let target = ctx.container(vmid)?;
+    let token = chain::token(&target.pct);
     match target.pct.hookscript() {
         Some(current) if is_ours(current) => {
-            match chains.get(vmid) {
-                Some(previous) => pct(vmid, &["--hookscript".into(), previous], dry_run)?,
-                None => pct(vmid, &["--delete".into(), "hookscript".into()], dry_run)?,
+            let record = match &token {
+                Some(t) => Some(chains.get(t)?.ok_or_else(|| {
+                    anyhow!(
+                        "its tag {} names no chain record: the hookscript it had cannot be restored; \
+                         set it yourself (pct set {vmid} --hookscript <volume>) and remove the tag",
+                        chain::tag(t)
+                    )
+                })?),
+                None => None,
+            };
+            let mut set = match &record {
+                Some(r) => vec!["--hookscript".to_string(), r.chain.clone()],
+                None => vec!["--delete".to_string(), "hookscript".to_string()],
+            };
+            if let Some(t) = &token {
+                set.extend(without_tag(&target.pct, &chain::tag(t)));
             }
-            if !dry_run {
-                chains.remove(vmid)?;
+            pct(vmid, &set, dry_run)?;
+            if let (Some(t), false) = (&token, dry_run) {
+                chains.remove(t)?;
             }
         }
         Some(other) => {
@@ -132,9 +226,45 @@ fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<
     Ok(())
 }
 
+/// `--tags` without one tag (or `--delete tags` when none is left).
+fn without_tag(pct: &PctConfig, tag: &str) -> Vec<String> {
+    let rest: Vec<String> = pct.raw_tags().into_iter().filter(|t| t != tag).collect();
+    if rest.is_empty() {
+        vec!["--delete".into(), "tags".into()]
+    } else {
+        vec!["--tags".into(), rest.join(";")]
+    }
+}
+
+/// Chain records no container carries any more (destroyed, perhaps with its
+/// vmid reused since): removed, so that nothing can ever run them.
+fn clear_stale_chains(ctx: &Ctx, chains: &Chains) {
+    let carried: Vec<String> = match ctx.cluster_containers() {
+        Ok(all) => all
+            .iter()
+            .filter_map(|(_, vmid)| ctx.lookup(*vmid).ok())
+            .filter_map(|l| match l {
+                crate::context::Lookup::Container(t) => chain::token(&t.pct),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => return,
+    };
+    for (token, record) in chains.stale(&carried) {
+        if chains.remove(&token).is_ok() {
+            println!(
+                "removed the stale chain record {token}{} (no container carries its tag)",
+                record
+                    .map(|r| format!(" of CT {} ({})", r.vmid, r.chain))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// Writes the snippet when it is missing or differs: a temporary file beside
 /// it, then a rename, so that a start never runs half a snippet.
-fn place_snippet(path: &PathBuf, dry_run: bool) -> Result<()> {
+fn place_snippet(path: &Path, dry_run: bool) -> Result<()> {
     let current = std::fs::read(path).ok();
     let executable = std::fs::metadata(path).is_ok_and(|m| {
         use std::os::unix::fs::PermissionsExt;

@@ -1,20 +1,20 @@
 //! `pve-nvidia-hook <vmid> <phase>`: what Proxmox runs. Only post-start does
 //! work, and on the up-to-date path it starts no program at all. It never
 //! blocks the start: an install runs detached unless `background` is false.
-//! A hookscript kept with `enable --chain` runs first, in every phase.
+//! A hookscript kept with `enable --chain` runs first, in every phase, as
+//! Proxmox would have run it.
 
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 
+use crate::chain::{self, Chains};
 use crate::container::driver;
-use crate::context::{Ctx, Lookup};
+use crate::context::{Ctx, Lookup, Target};
 use crate::decision::{self, Action};
-use crate::process::SAFE_PATH;
-use crate::state::Chains;
 use crate::vmid::Vmid;
-use crate::{detach, logging, storage};
+use crate::{detach, fsutil, logging, storage};
 
 pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
     logging::set_vmid(vmid);
@@ -27,13 +27,33 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
-    if let Some(code) = run_chained(&ctx, vmid, phase) {
-        if code != 0 && phase == "pre-start" {
-            log::warn!("chained hookscript vetoed the start (exit status {code})");
-            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    let lookup = match ctx.lookup(vmid) {
+        Ok(lookup) => lookup,
+        Err(e) if phase != "post-start" => {
+            log::error!("{e:#}");
+            return Ok(ExitCode::SUCCESS);
         }
-        if code != 0 {
-            log::warn!("chained hookscript exited with status {code} in {phase}");
+        Err(e) => return Err(e),
+    };
+    if let Lookup::Container(target) = &lookup {
+        match run_chained(&ctx, target, phase) {
+            Ok(Some(code)) if code != 0 && phase == "pre-start" => {
+                log::warn!("chained hookscript vetoed the start (exit status {code})");
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            }
+            Ok(Some(code)) if code != 0 => {
+                log::warn!("chained hookscript exited with status {code} in {phase}")
+            }
+            Ok(_) => {}
+            // Proxmox would have aborted the start over a hookscript it
+            // cannot run; the one we stand in for gets the same.
+            Err(e) if phase == "pre-start" => {
+                log::error!(
+                    "chained hookscript: {e:#}; the start is aborted, as Proxmox would have"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => log::warn!("chained hookscript: {e:#}; skipped in {phase}"),
         }
     }
     match phase {
@@ -47,7 +67,7 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let target = match ctx.lookup(vmid)? {
+    let target = match lookup {
         Lookup::Container(t) => t,
         Lookup::Vm => {
             log::warn!("{vmid} is a virtual machine; this hook is for containers");
@@ -110,31 +130,50 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
     }
 }
 
-/// The hookscript `enable --chain` found on the container, run first with the
-/// same two arguments and Proxmox's stdout and stderr. Its exit status, or
-/// None when there is none (or it cannot be run: a warning, never a veto of
-/// ours).
-fn run_chained(ctx: &Ctx, vmid: Vmid, phase: &str) -> Option<i32> {
-    let volume = Chains::new(&ctx.config().paths.state).get(vmid)?;
-    let path = storage::load(&ctx.config().paths.pve)
-        .ok()
-        .and_then(|storages| storage::resolve_volume(&storages, &volume));
-    let Some(path) = path else {
-        log::warn!("chained hookscript {volume}: no such storage or volume; skipped");
-        return None;
+/// The hookscript `enable --chain` kept for this container (the token its
+/// tags carry names the record in the cluster file system), run first with
+/// the same two arguments, as Proxmox's `exec_hookscript` runs one: the
+/// caller's environment with `LC_ALL=C`, no input, its output in the task
+/// log. Its exit status; None when the container has no chain; an error
+/// when it has one that cannot be run (missing, not executable, a file
+/// others could have written, no record for its token).
+fn run_chained(ctx: &Ctx, target: &Target, phase: &str) -> Result<Option<i32>> {
+    let Some(token) = chain::token(&target.pct) else {
+        return Ok(None);
     };
+    let pve = &ctx.config().paths.pve;
+    let record = Chains::new(pve).get(&token)?.ok_or_else(|| {
+        anyhow!(
+            "the container's tag {} names no chain record in {}; run enable --chain again, or remove the tag",
+            chain::tag(&token),
+            pve.join("pve-nvidia-hook/chain").display()
+        )
+    })?;
+    let volume = &record.chain;
+    let storages = storage::load(pve)?;
+    let Some((_, path)) =
+        storage::resolve_volume(&storages, volume, &ctx.config().paths.storage_root)
+    else {
+        bail!(
+            "storage '{}' does not exist",
+            volume.split(':').next().unwrap_or_default()
+        );
+    };
+    // Proxmox's check_hookscript, word for word.
+    if !path.is_file() {
+        bail!("script '{volume}' does not exist");
+    }
+    let (file, meta) = fsutil::open_trusted(&path)
+        .map_err(|e| anyhow!("script '{volume}' ({}): {e}", path.display()))?;
+    drop(file);
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
+        bail!("script '{volume}' is not executable");
+    }
     let status = Command::new(&path)
-        .args([vmid.to_string().as_str(), phase])
-        .env_clear()
-        .env("PATH", SAFE_PATH)
+        .args([target.vmid.to_string().as_str(), phase])
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
-        .status();
-    match status {
-        Ok(status) => Some(status.code().unwrap_or(1)),
-        Err(e) => {
-            log::warn!("chained hookscript {}: {e}; skipped", path.display());
-            None
-        }
-    }
+        .status()
+        .map_err(|e| anyhow!("script '{volume}': {e}"))?;
+    Ok(Some(status.code().unwrap_or(1)))
 }

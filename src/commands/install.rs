@@ -13,8 +13,30 @@ use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
 use crate::logging;
 use crate::pipeline::{self, Budget, Job};
+use crate::published::{self, Seen};
 use crate::runfile::{self, Cache, Fetcher};
 use crate::version::DriverVersion;
+use crate::vmid::Vmid;
+use crate::{cluster, decision::State};
+
+/// The result, for `status --cluster` on the other nodes.
+fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
+    let pve = &ctx.config().paths.pve;
+    let seen = Seen {
+        state: if outcome.is_ok() {
+            State::UpToDate
+        } else {
+            State::Failed
+        },
+        container_version: outcome.is_ok().then(|| host.to_string()),
+        detail: outcome.as_ref().err().map(|e| format!("{e:#}")),
+        at_unix: published::now(),
+    };
+    let node = cluster::node_name(pve);
+    if let Err(e) = published::publish(pve, &ctx.locks, &node, Some(host), [(vmid, seen)]) {
+        log::debug!("could not publish the result: {e:#}");
+    }
+}
 
 pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
     logging::set_vmid(args.vmid);
@@ -97,6 +119,7 @@ pub fn install(
     if let Err(e) = ctx.results.record(vmid, &host.to_string(), &outcome) {
         log::warn!("could not record the result: {e:#}");
     }
+    publish(ctx, vmid, host, &outcome);
     outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
     log::info!("NVIDIA driver {host} installed and verified");
     Ok(())

@@ -1,4 +1,8 @@
-//! `pve-nvidia-hook status [--json] [<vmid>...]`: one row per container.
+//! `pve-nvidia-hook status [--json] [--cluster] [<vmid>...]`: one row per
+//! container. This node's containers are read now (and what is read is
+//! published for the other nodes); with `--cluster`, the other nodes'
+//! containers come from the cluster file system (their configs, and what
+//! their nodes last published) and Proxmox's API (whether they run).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,9 +11,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
+use crate::cluster::{self, Api};
 use crate::container::driver::{self, InstalledDriver};
 use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Observed, Reason, State};
+use crate::published::{self, Seen};
 use crate::snippet::is_ours;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
@@ -17,30 +23,56 @@ use crate::vmid::Vmid;
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub vmid: Vmid,
+    pub node: String,
     pub requested: bool,
     pub reason: Option<Reason>,
-    pub running: bool,
-    pub host_version: Option<DriverVersion>,
-    pub container_version: Option<DriverVersion>,
-    pub state: State,
+    /// None: not known (another node's container, the API not answering).
+    pub running: Option<bool>,
+    pub host_version: Option<String>,
+    pub container_version: Option<String>,
+    /// None: another node's container that node has not reported.
+    pub state: Option<State>,
     /// The hookscript registered on the container, if any.
     pub hookscript: Option<String>,
     /// Why the container's driver is not a clean install, or the last error.
     pub detail: Option<String>,
+    /// When another node last reported this container.
+    pub reported_unix: Option<u64>,
 }
 
 pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
-    let vmids = if args.vmids.is_empty() {
+    let pve = &ctx.config().paths.pve;
+    let this = cluster::node_name(pve);
+    let wanted: Vec<(String, Vmid)> = if args.cluster {
+        ctx.cluster_containers()?
+    } else if args.vmids.is_empty() {
         ctx.all_containers()?
+            .into_iter()
+            .map(|v| (this.clone(), v))
+            .collect()
     } else {
-        args.vmids.clone()
+        args.vmids.iter().map(|v| (this.clone(), *v)).collect()
     };
+    let wanted: Vec<(String, Vmid)> = wanted
+        .into_iter()
+        .filter(|(_, v)| args.vmids.is_empty() || args.vmids.contains(v))
+        .collect();
     let host = ctx.host_version()?;
+    let elsewhere = if args.cluster {
+        Remote::read(pve)
+    } else {
+        Remote::default()
+    };
     let mut rows = Vec::new();
     let mut failed = false;
-    for vmid in vmids {
-        match row(&ctx, vmid, host.as_ref()) {
+    for (node, vmid) in wanted {
+        let result = if node == this {
+            row(&ctx, vmid, &this, host.as_ref())
+        } else {
+            remote_row(&ctx, &node, vmid, &elsewhere)
+        };
+        match result {
             Ok(Some(r)) => rows.push(r),
             Ok(None) => {
                 eprintln!("pve-nvidia-hook: CT {vmid}: no such container");
@@ -55,10 +87,11 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
             }
         }
     }
+    publish(&ctx, &this, host.as_ref(), &rows);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", table(&rows));
+        print!("{}", table(&rows, args.cluster));
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -67,7 +100,33 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
     })
 }
 
-fn row(ctx: &Ctx, vmid: Vmid, host: Option<&DriverVersion>) -> Result<Option<Row>> {
+/// What this node read of its running GPU containers, for the others.
+fn publish(ctx: &Ctx, this: &str, host: Option<&DriverVersion>, rows: &[Row]) {
+    let seen = rows
+        .iter()
+        .filter(|r| r.node == this && r.requested && r.running == Some(true))
+        .filter_map(|r| {
+            Some((
+                r.vmid,
+                Seen {
+                    state: r.state?,
+                    container_version: r.container_version.clone(),
+                    detail: r.detail.clone(),
+                    at_unix: published::now(),
+                },
+            ))
+        })
+        .collect::<Vec<_>>();
+    if seen.is_empty() {
+        return;
+    }
+    let pve = &ctx.config().paths.pve;
+    if let Err(e) = published::publish(pve, &ctx.locks, this, host, seen) {
+        log::debug!("could not publish this node's status: {e:#}");
+    }
+}
+
+fn row(ctx: &Ctx, vmid: Vmid, node: &str, host: Option<&DriverVersion>) -> Result<Option<Row>> {
     let target = match ctx.lookup(vmid)? {
         Lookup::Container(t) => t,
         Lookup::Vm | Lookup::Missing => return Ok(None),
@@ -103,20 +162,73 @@ fn row(ctx: &Ctx, vmid: Vmid, host: Option<&DriverVersion>) -> Result<Option<Row
     };
     Ok(Some(Row {
         vmid,
+        node: node.to_string(),
         requested: target.request.wanted,
         reason: target.request.reason,
-        running: installed.is_some(),
-        host_version: host.cloned(),
-        container_version: installed.as_ref().and_then(|i| i.version().cloned()),
-        state,
+        running: Some(installed.is_some()),
+        host_version: host.map(|h| h.to_string()),
+        container_version: installed
+            .as_ref()
+            .and_then(|i| i.version().map(|v| v.to_string())),
+        state: Some(state),
         hookscript: target.pct.hookscript().map(str::to_owned),
         detail,
+        reported_unix: None,
     }))
 }
 
-fn table(rows: &[Row]) -> String {
+/// What is known of the other nodes: their published files, and the API's
+/// list of guests (None when it did not answer).
+#[derive(Default)]
+struct Remote {
+    published: std::collections::BTreeMap<String, published::NodeState>,
+    guests: Option<Vec<cluster::Guest>>,
+}
+
+impl Remote {
+    fn read(pve: &Path) -> Remote {
+        Remote {
+            published: published::read_all(pve),
+            guests: Api.guests().ok(),
+        }
+    }
+}
+
+fn remote_row(ctx: &Ctx, node: &str, vmid: Vmid, remote: &Remote) -> Result<Option<Row>> {
+    let target = match ctx.lookup_on(node, vmid)? {
+        Lookup::Container(t) => t,
+        _ => return Ok(None),
+    };
+    let running = remote.guests.as_ref().and_then(|g| {
+        g.iter()
+            .find(|g| g.vmid == vmid.get() && g.kind == "lxc")
+            .map(|g| g.status == "running")
+    });
+    let published = remote.published.get(node);
+    let seen = published.and_then(|p| p.containers.get(&vmid.to_string()));
+    let state = match (target.request.wanted, running) {
+        (false, _) => Some(State::NotRequested),
+        (true, Some(false)) => Some(State::Stopped),
+        _ => seen.map(|s| s.state),
+    };
+    Ok(Some(Row {
+        vmid,
+        node: node.to_string(),
+        requested: target.request.wanted,
+        reason: target.request.reason,
+        running,
+        host_version: published.and_then(|p| p.host_version.clone()),
+        container_version: seen.and_then(|s| s.container_version.clone()),
+        state,
+        hookscript: target.pct.hookscript().map(str::to_owned),
+        detail: seen.and_then(|s| s.detail.clone()),
+        reported_unix: seen.map(|s| s.at_unix),
+    }))
+}
+
+fn table(rows: &[Row], cluster: bool) -> String {
     let dash = || "-".to_string();
-    let mut lines = vec![[
+    let mut lines = vec![vec![
         "VMID".to_string(),
         "REQUESTED".into(),
         "RUNNING".into(),
@@ -125,30 +237,39 @@ fn table(rows: &[Row]) -> String {
         "STATE".into(),
         "HOOK".into(),
     ]];
+    if cluster {
+        lines[0].insert(0, "NODE".into());
+    }
     for r in rows {
         let requested = match (r.requested, r.reason) {
             (true, Some(reason)) => format!("yes ({})", reason.as_str()),
             (true, None) => "yes".into(),
             (false, _) => "no".into(),
         };
-        lines.push([
+        let mut line = vec![
             r.vmid.to_string(),
             requested,
-            if r.running { "yes".into() } else { "no".into() },
-            r.host_version.as_ref().map_or_else(dash, |v| v.to_string()),
-            r.container_version
-                .as_ref()
-                .map_or_else(dash, |v| v.to_string()),
-            r.state.as_str().to_string(),
+            match r.running {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "?".into(),
+            },
+            r.host_version.clone().unwrap_or_else(dash),
+            r.container_version.clone().unwrap_or_else(dash),
+            r.state.map_or("not reported", |s| s.as_str()).to_string(),
             match r.hookscript.as_deref() {
                 Some(v) if is_ours(v) => "yes".into(),
                 Some(_) => "other".into(),
                 None if r.requested => "NOT REGISTERED".into(),
                 None => "no".into(),
             },
-        ]);
+        ];
+        if cluster {
+            line.insert(0, r.node.clone());
+        }
+        lines.push(line);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..lines[0].len())
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

@@ -33,7 +33,7 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
-        for tool in ["lxc-attach", "lxc-info", "pct"] {
+        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
             let target = d.join("bin").join(tool);
             write(
                 &target,
@@ -47,6 +47,11 @@ impl FakeHost {
             set_mode(&target, 0o755);
         }
         write(&d.join("calls.log"), "");
+        // Where this host's storage paths are (for the pct and pvesh stand-ins).
+        write(
+            &d.join("storage_root"),
+            d.join("root").display().to_string(),
+        );
         let host = FakeHost {
             config: json!({
                 "background": false,
@@ -57,6 +62,7 @@ impl FakeHost {
                     "cache": d.join("cache"), "lock": d.join("lock"), "log": d.join("log"),
                     "dev": d.join("dev"), "state": d.join("state"),
                     "local_cache": d.join("cache"),
+                    "storage_root": d.join("root"),
                 },
             }),
             dir,

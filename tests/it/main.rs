@@ -11,4 +11,5 @@ mod faults;
 mod hostile;
 mod operator;
 mod package;
+mod proxmox;
 mod support;

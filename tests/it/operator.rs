@@ -10,16 +10,14 @@ use crate::support::{expect_exit, text, write};
 
 const SNIPPET: &str = include_str!("../../hooks/pve-nvidia-hook");
 
+/// Proxmox's storage.cfg; `local` is /var/lib/vz, which the fake host
+/// keeps under its storage root.
 fn with_storage(host: &FakeHost) -> std::path::PathBuf {
-    let vz = host.path().join("vz");
     write(
         &host.path().join("pve/storage.cfg"),
-        format!(
-            "dir: local\n\tpath {}\n\tcontent iso,vztmpl,backup,snippets\n\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n\ndir: isos\n\tpath /srv/isos\n\tcontent iso\n",
-            vz.display()
-        ),
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n\ndir: isos\n\tpath /srv/isos\n\tcontent iso\n",
     );
-    vz
+    host.path().join("root/var/lib/vz")
 }
 
 fn pct_log(host: &FakeHost) -> Vec<String> {
@@ -151,17 +149,76 @@ fn an_existing_hookscript_is_kept_only_with_chain_and_restored_by_disable() {
     let vetoed = host.run(&["163", "pre-start"]);
     assert_eq!(vetoed.status.code(), Some(3), "{}", text(&vetoed));
 
+    // The record is in the cluster file system, named by the token the
+    // container's tag carries.
+    let conf = std::fs::read_to_string(host.path().join("pve/lxc/163.conf")).unwrap();
+    let token = conf
+        .split(|c: char| c == ';' || c.is_whitespace())
+        .find_map(|t| t.strip_prefix("nvidia-chain-"))
+        .expect("a chain tag")
+        .to_string();
+    let record = host
+        .path()
+        .join(format!("pve/pve-nvidia-hook/chain/{token}.json"));
+    assert!(record.is_file());
+
     let out = host.run(&["disable", "163"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         pct_log(&host).last().unwrap(),
-        "set 163 --hookscript local:snippets/site-hook"
+        "set 163 --hookscript local:snippets/site-hook --tags nvidia"
     );
     assert_eq!(
         host.status_json(163)["hookscript"],
         "local:snippets/site-hook"
     );
-    assert!(!host.path().join("state/chain/163").exists());
+    assert!(!record.exists());
+}
+
+/// Issue 11.2: a vmid reused by a new container never inherits the chain
+/// of the destroyed one, and the stale record is cleared.
+#[test]
+fn a_reused_vmid_never_runs_or_restores_another_containers_chain() {
+    let host = FakeHost::new();
+    let vz = with_storage(&host);
+    host.container(169, "hostname: old\nhookscript: local:snippets/site-hook\n");
+    let calls = host.path().join("site-hook.calls");
+    write(
+        &vz.join("snippets/site-hook"),
+        format!("#!/bin/sh\necho \"$1 $2\" >> '{}'\n", calls.display()),
+    );
+    std::fs::set_permissions(
+        vz.join("snippets/site-hook"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(host.run(&["enable", "--chain", "169"]).status.success());
+    // Destroyed, and a new container 169 created, the hook set by hand.
+    write(
+        &host.path().join("pve/lxc/169.conf"),
+        "hostname: new\ntags: nvidia\nhookscript: local:snippets/pve-nvidia-hook\n",
+    );
+    assert!(host.run(&["169", "pre-start"]).status.success());
+    assert!(
+        !calls.exists(),
+        "the old container's hookscript ran for the new one"
+    );
+    let out = host.run(&["disable", "169"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        pct_log(&host).last().unwrap(),
+        "set 169 --delete hookscript"
+    );
+    assert!(
+        stdout(&out).contains("removed the stale chain record")
+            && stdout(&out).contains("of CT 169 (local:snippets/site-hook)"),
+        "{}",
+        text(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(host.path().join("pve/pve-nvidia-hook/chain"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty());
 }
 
 #[test]

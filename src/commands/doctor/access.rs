@@ -16,6 +16,10 @@ impl Passed {
     pub(super) fn contains(&self, n: &Node) -> bool {
         self.by_device.contains(&n.name) || self.mount_entries.iter().any(|(s, _)| *s == n.name)
     }
+
+    fn any(&self) -> bool {
+        !self.by_device.is_empty() || !self.mount_entries.is_empty()
+    }
 }
 
 pub(super) fn checks(target: &Target, nodes: &[Node], report: &mut Report, scope: &str) -> Passed {
@@ -130,7 +134,24 @@ pub(super) fn checks(target: &Target, nodes: &[Node], report: &mut Report, scope
             .iter()
             .map(|m| format!("lxc.cgroup2.devices.allow: c {m}:* rwm"))
             .collect();
-        report.add(scope, "cgroup rules", Level::Fail, format!("no rule allows {} at its current major (the nvidia-uvm major is dynamic and changes between boots)", names.join(", ")), Some(format!("add to /etc/pve/lxc/{vmid}.conf: {}", rules.join("; "))));
+        let place = if pct.has_sections() {
+            " above its first [section] line (snapshots and pending changes follow it; a line below them is not part of the current config)"
+        } else {
+            " (above any [section] line)"
+        };
+        report.add(
+            scope,
+            "cgroup rules",
+            Level::Fail,
+            format!(
+                "no rule allows {} at its current major (the nvidia-uvm major is dynamic and changes between boots)",
+                names.join(", ")
+            ),
+            Some(format!(
+                "add to /etc/pve/lxc/{vmid}.conf{place}: {}",
+                rules.join("; ")
+            )),
+        );
     } else if !mount_entries.is_empty() {
         report.add(
             scope,
@@ -140,37 +161,175 @@ pub(super) fn checks(target: &Target, nodes: &[Node], report: &mut Report, scope
             None,
         );
     }
-    if pct.get("unprivileged") == Some("1") {
-        let blocked: Vec<&str> = nodes
-            .iter()
-            .filter(|n| {
-                passed.contains(n) && n.mode & 0o006 != 0o006 && !device_grants_access(pct, &n.name)
-            })
-            .map(|n| n.name.as_str())
-            .collect();
-        if blocked.is_empty() {
-            report.add(
-                scope,
-                "unprivileged access",
-                Level::Ok,
-                "container root can open the passed nodes",
-                None,
-            );
-        } else {
-            report.add(
-                scope,
-                "unprivileged access",
-                Level::Fail,
+    access_checks(pct, nodes, &passed, report, scope);
+    passed
+}
+
+/// Who may open a node in the container: its root, and a service running
+/// as another user (ollama, plex, jellyfin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Access {
+    pub root: bool,
+    pub services: bool,
+}
+
+/// A node's owner and mode as the container sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Owned {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+/// What the mode bits give container root (uid 0, gid 0) and a service
+/// (another uid, not in the node's group); `None` owner ids are ids the
+/// container cannot name (nobody).
+pub(super) fn access(node: Owned) -> Access {
+    let bits = |shift: u32| (node.mode >> shift) & 0o6 == 0o6;
+    let root = if node.uid == Some(0) {
+        bits(6)
+    } else if node.gid == Some(0) {
+        bits(3)
+    } else {
+        bits(0)
+    };
+    Access {
+        root,
+        services: bits(0),
+    }
+}
+
+/// A host id as the container sees it through its idmap (`u 0 100000
+/// 65536`): None when outside every range (it shows as nobody).
+fn inside(idmap: &[(char, u32, u32, u32)], kind: char, host: u32) -> Option<u32> {
+    if idmap.is_empty() {
+        return Some(host);
+    }
+    idmap
+        .iter()
+        .find(|(k, _, h, n)| *k == kind && (*h..h.saturating_add(*n)).contains(&host))
+        .map(|(_, ct, h, _)| ct + (host - h))
+}
+
+/// The container's idmap: Proxmox's default for an unprivileged container
+/// (`0 100000 65536`), unless `lxc.idmap` lines say otherwise; none for a
+/// privileged one.
+fn idmap(pct: &PctConfig) -> Vec<(char, u32, u32, u32)> {
+    if pct.get("unprivileged") != Some("1") {
+        return Vec::new();
+    }
+    let custom: Vec<(char, u32, u32, u32)> = pct
+        .lxc_values("lxc.idmap")
+        .filter_map(|v| {
+            let mut w = v.split_whitespace();
+            let kind = w.next()?.chars().next()?;
+            Some((
+                kind,
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    if custom.is_empty() {
+        vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)]
+    } else {
+        custom
+    }
+}
+
+/// Access per passthrough kind, as Proxmox and LXC make the nodes: a
+/// `devN` node is created by Proxmox with mode 0660 (or `mode=`), owned by
+/// the container's uid/gid 0 (or `uid=`/`gid=`), mapped through the idmap;
+/// an `lxc.mount.entry` binds the host's node with the host's owner and
+/// mode, which an unprivileged container sees through its idmap (host root
+/// as nobody).
+fn access_checks(
+    pct: &PctConfig,
+    nodes: &[Node],
+    passed: &Passed,
+    report: &mut Report,
+    scope: &str,
+) {
+    let map = idmap(pct);
+    let devices = pct.devices();
+    let mut root_blocked = Vec::new();
+    let mut services_blocked = Vec::new();
+    let mut fixes = Vec::new();
+    for node in nodes.iter().filter(|n| passed.contains(n)) {
+        let path = format!("/dev/{}", node.name);
+        let (owned, fix) = match devices.iter().find(|d| d.path == path) {
+            Some(d) => (
+                Owned {
+                    uid: Some(d.uid.unwrap_or(0)),
+                    gid: Some(d.gid.unwrap_or(0)),
+                    mode: d.mode.unwrap_or(0o660),
+                },
                 format!(
-                    "container root (a mapped uid) cannot open {}",
-                    blocked.join(", ")
+                    "pct set {} --dev{} {},mode=0666 (or gid=<the service's group>)",
+                    scope.trim_start_matches("CT "),
+                    d.index,
+                    d.value
+                        .split(',')
+                        .filter(|o| !o.starts_with("mode="))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
-                Some("pass them as devN with mode=0666 (or gid=/uid= of a mapped user)".into()),
-            );
+            ),
+            None => (
+                Owned {
+                    uid: inside(&map, 'u', node.uid),
+                    gid: inside(&map, 'g', node.gid),
+                    mode: node.mode,
+                },
+                format!(
+                    "{path}: pass it as devN with mode=0666 instead of lxc.mount.entry (the host's node is {:o}, {}:{})",
+                    node.mode, node.uid, node.gid
+                ),
+            ),
+        };
+        let can = access(owned);
+        if !can.root {
+            root_blocked.push(node.name.clone());
+            fixes.push(fix);
+        } else if !can.services {
+            services_blocked.push(node.name.clone());
+            fixes.push(fix);
         }
     }
-
-    passed
+    let who = if map.is_empty() {
+        "container root"
+    } else {
+        "container root (a mapped uid)"
+    };
+    if !root_blocked.is_empty() {
+        report.add(
+            scope,
+            "device access",
+            Level::Fail,
+            format!("{who} cannot open {}", root_blocked.join(", ")),
+            Some(fixes.join("; ")),
+        );
+    } else if !services_blocked.is_empty() {
+        report.add(
+            scope,
+            "device access",
+            Level::Warn,
+            format!(
+                "{who} can open the passed nodes, services running as another user (ollama, plex, jellyfin) cannot open {}",
+                services_blocked.join(", ")
+            ),
+            Some(fixes.join("; ")),
+        );
+    } else if passed.any() {
+        report.add(
+            scope,
+            "device access",
+            Level::Ok,
+            format!("{who} and other users can open the passed nodes"),
+            None,
+        );
+    }
 }
 
 /// `/dev/nvidia0` → `nvidia0`, `/dev/nvidia-caps/nvidia-cap1` →
@@ -187,18 +346,6 @@ fn node_name(path: &str) -> Option<String> {
     })
 }
 
-fn device_grants_access(pct: &PctConfig, name: &str) -> bool {
-    pct.entries.iter().any(|e| match e {
-        crate::pct_config::Entry::Key { key, value } if key.starts_with("dev") => {
-            value.contains(&format!("/dev/{name}"))
-                && value
-                    .split(',')
-                    .any(|o| o == "mode=0666" || o.starts_with("uid=") || o.starts_with("gid="))
-        }
-        _ => false,
-    })
-}
-
 fn free_dev_index(pct: &PctConfig) -> usize {
     (0..)
         .find(|i| pct.get(&format!("dev{i}")).is_none())
@@ -208,6 +355,67 @@ fn free_dev_index(pct: &PctConfig) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_as_proxmox_and_lxc_make_the_nodes() {
+        let dev = |mode| Owned {
+            uid: Some(0),
+            gid: Some(0),
+            mode,
+        };
+        // devN's default: 0660, container root's.
+        assert_eq!(
+            access(dev(0o660)),
+            Access {
+                root: true,
+                services: false
+            }
+        );
+        assert_eq!(
+            access(dev(0o666)),
+            Access {
+                root: true,
+                services: true
+            }
+        );
+        // A host node bound into an unprivileged container: host root is
+        // nobody there, only the mode's last digit counts.
+        let map = vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)];
+        let bound = |mode| Owned {
+            uid: inside(&map, 'u', 0),
+            gid: inside(&map, 'g', 0),
+            mode,
+        };
+        assert_eq!(bound(0o660).uid, None);
+        assert_eq!(
+            access(bound(0o660)),
+            Access {
+                root: false,
+                services: false
+            }
+        );
+        assert_eq!(
+            access(bound(0o666)),
+            Access {
+                root: true,
+                services: true
+            }
+        );
+        // Privileged: host root is container root.
+        let privileged = Owned {
+            uid: inside(&[], 'u', 0),
+            gid: inside(&[], 'g', 0),
+            mode: 0o660,
+        };
+        assert_eq!(
+            access(privileged),
+            Access {
+                root: true,
+                services: false
+            }
+        );
+        assert_eq!(inside(&map, 'u', 100_044), Some(44));
+    }
 
     #[test]
     fn node_names() {

@@ -1,13 +1,16 @@
-//! The hook's registration: the container's hookscript, its snippet, and
-//! on a cluster the nodes that need it.
+//! The hook's registration: the container's hookscript and its snippet on
+//! every node the container may start on (Proxmox aborts a start whose
+//! hookscript is missing), and a chained hookscript's record and script.
 
 use std::os::unix::fs::MetadataExt;
 
 use super::{Level, Report};
-use crate::cluster;
+use crate::chain::{self, Chains};
+use crate::cluster::{self, Api};
+use crate::commands::enable::{nodes_lacking, shared_snippet_storages};
 use crate::context::{Ctx, Target};
 use crate::snippet::is_ours;
-use crate::storage;
+use crate::storage::{self, Storage};
 
 pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &str) {
     let vmid = target.vmid;
@@ -31,16 +34,40 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
         );
         return;
     }
-    let storages = storage::load(&ctx.config().paths.pve).unwrap_or_default();
-    let Some(path) = storage::resolve_volume(&storages, volume) else {
+    let paths = &ctx.config().paths;
+    let storages = storage::load(&paths.pve).unwrap_or_default();
+    if let Some(store) = snippet_on_every_node(ctx, volume, &storages, report, scope) {
+        report.add(
+            scope,
+            "hook",
+            Level::Ok,
+            format!("{volume} ({})", store.display()),
+            None,
+        );
+    }
+    chain_checks(ctx, target, &storages, report, scope);
+}
+
+/// The volume as this node and, on a cluster, every other node sees it:
+/// this node's file when all is well.
+fn snippet_on_every_node(
+    ctx: &Ctx,
+    volume: &str,
+    storages: &[Storage],
+    report: &mut Report,
+    scope: &str,
+) -> Option<std::path::PathBuf> {
+    let vmid = scope.trim_start_matches("CT ");
+    let paths = &ctx.config().paths;
+    let Some((store, path)) = storage::resolve_volume(storages, volume, &paths.storage_root) else {
         report.add(
             scope,
             "hook",
             Level::Fail,
-            format!("{volume}: no such storage"),
+            format!("{volume}: no such storage; Proxmox aborts the container's start"),
             Some(format!("pve-nvidia-hook enable {vmid}")),
         );
-        return;
+        return None;
     };
     let executable = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0);
     if !executable {
@@ -48,23 +75,146 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
             scope,
             "hook",
             Level::Fail,
-            format!("{} is missing or not executable", path.display()),
+            format!(
+                "{} is missing or not executable: Proxmox aborts the container's start on this node",
+                path.display()
+            ),
             Some(format!("pve-nvidia-hook enable {vmid}")),
         );
-        return;
+        return None;
     }
-    report.add(
-        scope,
-        "hook",
-        Level::Ok,
-        format!("{volume} ({})", path.display()),
-        None,
-    );
-    let shared = storages
-        .iter()
-        .find(|s| volume.starts_with(&format!("{}:", s.name)))
-        .is_some_and(|s| s.is_shared());
-    if !shared && cluster::node_count(&ctx.config().paths.pve) > 1 {
-        report.add(scope, "cluster", Level::Warn, format!("{} is on node-local storage; this node has it", path.display()), Some("make sure every node this container may start on has the snippet (run pve-nvidia-hook enable there too)".into()));
+    let nodes = cluster::nodes(&paths.pve);
+    if nodes.len() > 1 {
+        let this = cluster::node_name(&paths.pve);
+        if store.is_shared() {
+            report.add(
+                scope,
+                "cluster",
+                Level::Ok,
+                format!("{volume} is on shared storage: every node has it"),
+                None,
+            );
+        } else {
+            let lacking = nodes_lacking(&Api, &nodes, &this, &store.name, volume);
+            if lacking.is_empty() {
+                report.add(
+                    scope,
+                    "cluster",
+                    Level::Ok,
+                    format!("every node ({}) has {volume}", nodes.join(", ")),
+                    None,
+                );
+            } else {
+                report.add(
+                    scope,
+                    "cluster",
+                    Level::Fail,
+                    format!(
+                        "{volume} is on node-local storage and missing on {}: the container cannot start there (migration, HA recovery)",
+                        lacking.join("; ")
+                    ),
+                    Some(format!(
+                        "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
+                        shared_snippet_storages(storages, &this).join("|")
+                    )),
+                );
+            }
+        }
+    }
+    Some(path)
+}
+
+/// A chained hookscript: its record (found by the token the container's
+/// tags carry), its script as Proxmox would check it, on every node.
+fn chain_checks(
+    ctx: &Ctx,
+    target: &Target,
+    storages: &[Storage],
+    report: &mut Report,
+    scope: &str,
+) {
+    let vmid = target.vmid;
+    let paths = &ctx.config().paths;
+    let chains = Chains::new(&paths.pve);
+    let Some(token) = chain::token(&target.pct) else {
+        return;
+    };
+    let record = match chains.get(&token) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            report.add(
+                scope,
+                "chained hook",
+                Level::Fail,
+                format!("the tag {} names no chain record: pre-start is aborted", chain::tag(&token)),
+                Some(format!("pve-nvidia-hook enable --chain {vmid} after setting its hookscript back, or remove the tag")),
+            );
+            return;
+        }
+        Err(e) => {
+            report.add(scope, "chained hook", Level::Fail, format!("{e:#}"), None);
+            return;
+        }
+    };
+    let lacking = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
+        None => {
+            report.add(
+                scope,
+                "chained hook",
+                Level::Fail,
+                format!("{}: no such storage: pre-start is aborted", record.chain),
+                None,
+            );
+            return;
+        }
+        Some((store, path)) => {
+            let runs = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0);
+            if !runs {
+                report.add(
+                    scope,
+                    "chained hook",
+                    Level::Fail,
+                    format!(
+                        "{} is missing or not executable: pre-start is aborted, as Proxmox would",
+                        path.display()
+                    ),
+                    None,
+                );
+                return;
+            }
+            let nodes = cluster::nodes(&paths.pve);
+            if nodes.len() > 1 && !store.is_shared() {
+                nodes_lacking(
+                    &Api,
+                    &nodes,
+                    &cluster::node_name(&paths.pve),
+                    &store.name,
+                    &record.chain,
+                )
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    if lacking.is_empty() {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Ok,
+            format!("{} runs first in every phase", record.chain),
+            None,
+        );
+    } else {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Fail,
+            format!(
+                "{} is missing on {}: pre-start is aborted there",
+                record.chain,
+                lacking.join("; ")
+            ),
+            Some("place it on those nodes, or on a shared storage".into()),
+        );
     }
 }

@@ -13,6 +13,8 @@ pub(super) struct Node {
     pub(super) major: u32,
     pub(super) minor: u32,
     pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
 }
 
 impl Node {
@@ -112,6 +114,8 @@ pub(super) fn nodes(dev: &Path) -> Vec<Node> {
                 major: rustix::fs::major(meta.rdev()),
                 minor: rustix::fs::minor(meta.rdev()),
                 mode: meta.mode() & 0o777,
+                uid: meta.uid(),
+                gid: meta.gid(),
             });
         }
     };
@@ -132,6 +136,8 @@ mod tests {
             major: 195,
             minor: 0,
             mode: 0o666,
+            uid: 0,
+            gid: 0,
         };
         assert!(node("nvidia0").required() && node("nvidia12").required());
         assert!(node("nvidiactl").required() && node("nvidia-uvm").required());

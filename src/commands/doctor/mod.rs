@@ -143,7 +143,17 @@ fn container_checks(
             "requested",
             Level::Warn,
             "NVIDIA is not requested: the hook does nothing here",
-            Some(format!("pct set {vmid} --tags nvidia")),
+            // `--tags` replaces every tag: the container's own are kept.
+            Some(format!(
+                "pct set {vmid} --tags '{}'",
+                target
+                    .pct
+                    .raw_tags()
+                    .into_iter()
+                    .chain(["nvidia".to_string()])
+                    .collect::<Vec<_>>()
+                    .join(";")
+            )),
         ),
     }
 
