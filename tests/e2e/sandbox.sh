@@ -19,8 +19,17 @@
 #                                           nouvm (no /dev/nvidia-uvm), gpu1 (/dev/nvidia1
 #                                           instead of nvidia0), hostdriver (the host's
 #                                           nvidia-smi and libraries bind-mounted, as the
-#                                           NVIDIA Container Toolkit does)
+#                                           NVIDIA Container Toolkit does), unprivileged
+#                                           (Proxmox's default: ids mapped from 100000),
+#                                           dev[=MODE] (the nodes passed as Proxmox's devN
+#                                           entries: mknod'ed 0660 or MODE, owned by the
+#                                           container's root, bound in)
 #   sandbox.sh down VMID                    stops and destroys it
+#   sandbox.sh cluster WORK NODE...         a simulated cluster: WORK/cluster is the shared
+#                                           /etc/pve, WORK/node-NODE each node (its view of
+#                                           /etc/pve, its own /var/lib/vz under root/, its bin)
+#   sandbox.sh migrate VMID WORK FROM TO    moves a container from node FROM to node TO as a
+#                                           restart migration does (stop, config moved, start)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -195,7 +204,7 @@ host_version() {
 
 up() {
     local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
-    local nodes="nvidia0 nvidiactl nvidia-uvm" version
+    local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
@@ -203,6 +212,9 @@ up() {
             nouvm) nodes=${nodes/ nvidia-uvm/} ;;
             gpu1) nodes=${nodes/nvidia0/nvidia1} ;;
             hostdriver) hostdriver=yes ;;
+            unprivileged) unprivileged=yes ;;
+            dev) dev=yes ;;
+            dev=*) dev=yes; dev_mode=${opt#dev=} ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
@@ -218,6 +230,24 @@ up() {
     dir="$lxcpath/$vmid"
     mkdir -p "$dir" "$work/pve/lxc"
     cp -a "$root" "$dir/rootfs"
+    local offset=0
+    if [ "$unprivileged" = yes ]; then
+        offset=100000
+        shift_ids "$dir/rootfs" "$offset"
+    fi
+    # Proxmox's devN: nodes made by its pre-start hook (mode 0660 unless
+    # mode=, owned by the container's root through the idmap), bound in by
+    # its autodev hook. The sandbox's GPU "nodes" are files.
+    local passthrough="$work/passthrough/$vmid" n i
+    if [ "$dev" = yes ]; then
+        rm -rf "$passthrough"
+        mkdir -p "$passthrough"
+        for n in $nodes; do
+            cp "$work/dev/$n" "$passthrough/$n"
+            chmod "$dev_mode" "$passthrough/$n"
+            chown "$offset:$offset" "$passthrough/$n"
+        done
+    fi
     {
         echo "arch: amd64"
         echo "hostname: ct$vmid"
@@ -225,7 +255,18 @@ up() {
         echo "rootfs: dir:$dir/rootfs"
         [ -n "$tags" ] && echo "tags: $tags"
         [ "$fuse" = yes ] && echo "features: fuse=1"
-        if [ "$gpu" = gpu ]; then
+        [ "$unprivileged" = yes ] && echo "unprivileged: 1"
+        if [ "$gpu" = gpu ] && [ "$dev" = yes ]; then
+            i=0
+            for n in $nodes; do
+                if [ "$dev_mode" = 0660 ]; then
+                    echo "dev$i: /dev/$n"
+                else
+                    echo "dev$i: /dev/$n,mode=$dev_mode"
+                fi
+                i=$((i + 1))
+            done
+        elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
                 echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
             done
@@ -246,12 +287,25 @@ up() {
         echo "lxc.cgroup.dir.monitor = lxc.monitor/$vmid"
         echo "lxc.cgroup.dir.container = lxc/$vmid"
         echo "lxc.cgroup.dir.container.inner = ns"
+        if [ "$unprivileged" = yes ]; then
+            echo "lxc.include = /usr/share/lxc/config/userns.conf"
+            # The container shares the host's network namespace (net type
+            # none), which is not its user namespace's: no sysfs of its own.
+            echo "lxc.mount.auto ="
+            echo "lxc.mount.auto = proc:mixed cgroup:mixed"
+            echo "lxc.idmap = u 0 100000 65536"
+            echo "lxc.idmap = g 0 100000 65536"
+        fi
         if [ "$fuse" = yes ]; then
             echo "lxc.mount.entry = /dev/fuse dev/fuse none bind,create=file 0 0"
             echo "lxc.cgroup.devices.allow = c 10:229 rwm"
             echo "lxc.cgroup2.devices.allow = c 10:229 rwm"
         fi
-        if [ "$gpu" = gpu ]; then
+        if [ "$gpu" = gpu ] && [ "$dev" = yes ]; then
+            for n in $nodes; do
+                echo "lxc.mount.entry = $passthrough/$n dev/$n none bind,create=file"
+            done
+        elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
                 echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
             done
@@ -260,6 +314,68 @@ up() {
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
         fi
     } > "$dir/config"
+    lxc-start -n "$vmid" -d
+    lxc-wait -n "$vmid" -s RUNNING -t 30
+}
+
+# Every file's owner moved up by OFFSET, as an unprivileged container's
+# root file system is (chown clears set-id bits: the mode is put back).
+shift_ids() {
+    python3 - "$1" "$2" <<'PY'
+import os, stat, sys
+root, offset = sys.argv[1], int(sys.argv[2])
+def shift(p):
+    st = os.lstat(p)
+    os.lchown(p, st.st_uid + offset, st.st_gid + offset)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(p, stat.S_IMODE(st.st_mode))
+for d, dirs, files in os.walk(root):
+    shift(d)
+    for n in dirs + files:
+        p = os.path.join(d, n)
+        if os.path.islink(p) or not os.path.isdir(p):
+            shift(p)
+PY
+}
+
+# The shared /etc/pve of a cluster (WORK/cluster) and each node's own
+# folder (WORK/node-NODE): its view of /etc/pve (local, lxc and
+# qemu-server link to its own part, as pmxcfs's links do), its /var/lib/vz
+# under root/, and its bin with the Proxmox stand-ins.
+cluster() {
+    local work=$1 node v
+    shift
+    mkdir -p "$work/cluster"
+    printf 'dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n' > "$work/cluster/storage.cfg"
+    printf 'keyboard: en-us\n' > "$work/cluster/datacenter.cfg"
+    for node in "$@"; do
+        mkdir -p "$work/cluster/nodes/$node/lxc" "$work/cluster/nodes/$node/qemu-server"
+    done
+    for node in "$@"; do
+        v="$work/node-$node"
+        mkdir -p "$v/pve" "$v/root/var/lib/vz/snippets" "$v/bin"
+        ln -sfn "../../cluster/nodes/$node" "$v/pve/local"
+        ln -sfn "../../cluster/nodes/$node/lxc" "$v/pve/lxc"
+        ln -sfn "../../cluster/nodes/$node/qemu-server" "$v/pve/qemu-server"
+        ln -sfn ../../cluster/nodes "$v/pve/nodes"
+        ln -sfn ../../cluster/storage.cfg "$v/pve/storage.cfg"
+        ln -sfn ../../cluster/datacenter.cfg "$v/pve/datacenter.cfg"
+        mkdir -p "$work/cluster/pve-nvidia-hook"
+        ln -sfn ../../cluster/pve-nvidia-hook "$v/pve/pve-nvidia-hook"
+        echo "$v/root" > "$v/storage_root"
+        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$v/bin/"
+        printf '#!/bin/sh\necho "$*" >> "%s"\nexec "%s" "$@"\n' "$v/attach.log" "$(command -v lxc-attach)" > "$v/bin/lxc-attach"
+        chmod 755 "$v/bin/lxc-attach"
+        : > "$v/attach.log"
+    done
+}
+
+migrate() {
+    local vmid=$1 work=$2 from=$3 to=$4 dir
+    dir="$lxcpath/$vmid"
+    lxc-stop -n "$vmid" -k
+    mv "$work/cluster/nodes/$from/lxc/$vmid.conf" "$work/cluster/nodes/$to/lxc/$vmid.conf"
+    sed -i "s#$work/node-$from/#$work/node-$to/#g" "$work/cluster/nodes/$to/lxc/$vmid.conf" "$dir/config"
     lxc-start -n "$vmid" -d
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
@@ -277,9 +393,11 @@ case "$cmd" in
     runfile) runfile "$@" ;;
     debs) debs ;;
     fuse-blackhole) fuse_blackhole ;;
+    cluster) cluster "$@" ;;
+    migrate) migrate "$@" ;;
     cuda-runfile) cuda_runfile "$@" ;;
     host-version) host_version "$@" ;;
     up) up "$@" ;;
     down) down "$@" ;;
-    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 //! built .deb into one (root only).
 
 mod e2e;
+mod e2e_cluster;
 mod e2e_driver;
 mod e2e_hostile;
 mod fake_host;
