@@ -73,6 +73,22 @@ pub fn published_digest(
     Ok(Some(digest))
 }
 
+/// Whether `url` exists (200: yes, 404: no), asked once.
+pub fn exists(agent: &ureq::Agent, url: &str) -> Result<bool> {
+    match agent.head(url).call() {
+        Ok(_) => Ok(true),
+        Err(ureq::Error::Status(404, _)) => Ok(false),
+        Err(ureq::Error::Status(code, _)) => Err(anyhow!("{}: HTTP {code}", redact_url(url))),
+        Err(ureq::Error::Transport(t)) => Err(anyhow!(
+            "{}: {}",
+            redact_url(url),
+            t.message()
+                .map(str::to_owned)
+                .unwrap_or_else(|| t.kind().to_string())
+        )),
+    }
+}
+
 /// Streams `url` into a temporary name beside `slot`, hashing on the way,
 /// refuses it unless it has the `expected` digest, then moves it into
 /// place; the temporary file is removed on any failure. Its digest and size.

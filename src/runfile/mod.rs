@@ -161,21 +161,22 @@ impl Fetcher<'_> {
             None => None,
         };
         if expected.is_none() && !self.allow_unverified {
-            return Err(failed(anyhow!(
-                "no trusted sha256 for {}: {}",
-                source.shown(),
-                if https {
-                    "NVIDIA publishes no .sha256sum beside it (the datacenter path, \
+            return Err(failed(
+                anyhow!(
+                    "no trusted sha256 for {}: {}",
+                    source.shown(),
+                    if https {
+                        "NVIDIA publishes no .sha256sum beside it (the datacenter path, \
                      us.download.nvidia.com/tesla, has none)"
-                } else {
-                    "over plain http only a configured digest counts"
-                }
-            )
-            .context(format!(
-                "pin it: \"runfile_sha256\": {{\"{}\": \"<the sha256 from NVIDIA's download page>\"}} \
-                 in the configuration (or set allow_unverified_download: true to accept it unverified)",
-                version_in(&name)
-            ))));
+                    } else {
+                        "over plain http only a configured digest counts"
+                    }
+                )
+                .context(format!(
+                    "pin it: {} (or set allow_unverified_download: true to accept it unverified)",
+                    pin_hint(&version_in(&name))
+                )),
+            ));
         }
         let cache = self.cache.usable(self.locks, self.log).map_err(failed)?;
         let slot = cache
@@ -201,6 +202,20 @@ impl Fetcher<'_> {
             .map_err(failed)?
             .ok_or_else(|| failed(anyhow!("{} vanished from the cache", slot.file.display())))
     }
+}
+
+/// Whether NVIDIA publishes `<url>.sha256sum` (an https source without a
+/// configured digest needs it), asked with a short limit.
+pub fn publishes_digest(url: &str) -> Result<bool> {
+    let limits = limits(Duration::from_secs(10), Duration::from_secs(10), 4096);
+    http::exists(&http::agent(&limits, true), &format!("{url}.sha256sum"))
+}
+
+/// The setting to write to pin a runfile's digest.
+pub fn pin_hint(version: &str) -> String {
+    format!(
+        "\"runfile_sha256\": {{\"{version}\": \"<the sha256 from NVIDIA's download page>\"}} in /etc/pve-nvidia-hook/config.json"
+    )
 }
 
 /// `NVIDIA-Linux-x86_64-550.54.14.run` → `550.54.14`, for the pin hint.

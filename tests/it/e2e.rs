@@ -59,6 +59,15 @@ impl Sandbox {
         );
         chmod(&w.join("bin/lxc-attach"), 0o755);
         write(&w.join("attach.log"), "");
+        // Proxmox's stand-ins, and where this host's /var/lib/vz is.
+        let fakes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes");
+        for tool in ["pct", "pvesh"] {
+            std::fs::copy(fakes.join(tool), w.join("bin").join(tool)).unwrap();
+        }
+        write(
+            &w.join("storage_root"),
+            w.join("root").display().to_string(),
+        );
         sh(&["host-version", &w.display().to_string(), V1]);
         let server = FileServer::start(&w.join("runfiles"));
         let mut sb = Sandbox {
@@ -72,6 +81,7 @@ impl Sandbox {
                     "cache": w.join("cache"), "lock": w.join("lock"), "log": w.join("log"),
                     "dev": w.join("devnodes"), "state": w.join("state"),
                     "local_cache": w.join("cache"),
+                    "storage_root": w.join("root"),
                 },
             }),
             server,
@@ -683,17 +693,8 @@ fn e2e_junk_remnants_and_full_tmp() {
 #[ignore = "needs root and LXC; `make test` as root runs it"]
 fn e2e_enable_now_and_doctor() {
     let mut sb = Sandbox::new("doctor");
-    sb.up(9115, true, "web");
+    sb.up_with(9115, true, "web", &["nouvm"]);
     let w = sb.dir().to_path_buf();
-    let pct = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/pct");
-    std::fs::copy(&pct, w.join("bin/pct")).unwrap();
-    write(
-        &w.join("pve/storage.cfg"),
-        format!(
-            "dir: local\n\tpath {}\n\tcontent iso,vztmpl,backup,snippets\n",
-            w.join("vz").display()
-        ),
-    );
     std::fs::create_dir_all(w.join("devnodes")).unwrap();
     // nvidia-uvm as a host with a restrictive udev rule would have it.
     for (name, major, minor, mode) in [
@@ -718,6 +719,7 @@ fn e2e_enable_now_and_doctor() {
         "OK    host: kernel module: nvidia 550.54.14 loaded",
         "OK    host: nvidia-uvm:",
         "WARN  CT 9115: requested: NVIDIA is not requested",
+        "fix: pct set 9115 --tags 'web;nvidia'",
         "FAIL  CT 9115: passthrough: not passed to the container: nvidia-uvm",
         "FAIL  CT 9115: cgroup rules: no rule allows nvidia0, nvidiactl",
         "FAIL  CT 9115: hook: no hookscript registered",
@@ -731,11 +733,22 @@ fn e2e_enable_now_and_doctor() {
         );
     }
 
+    // Installed, but CUDA needs the uvm node the container was not given.
     let enable = sb.run(&["enable", "--now", "9115"]);
-    assert_eq!(enable.status.code(), Some(0), "{}", text(&enable));
-    assert!(sb.run(&["verify", "9115"]).status.success());
+    expect_exit(&enable, 1, "/dev/nvidia-uvm missing in the container");
+    assert!(
+        String::from_utf8_lossy(&enable.stdout).contains(
+            "ran: pct set 9115 --hookscript local:snippets/pve-nvidia-hook --tags web;nvidia"
+        ),
+        "{}",
+        text(&enable)
+    );
     let conf = w.join("pve/lxc/9115.conf");
     let mut text_conf = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text_conf.contains("tags: nvidia;web"),
+        "Proxmox sorts tags: {text_conf}"
+    );
     text_conf.push_str(
         "dev0: /dev/nvidia-uvm\nlxc.cgroup2.devices.allow: c 195:* rwm\nunprivileged: 1\n",
     );
@@ -743,7 +756,7 @@ fn e2e_enable_now_and_doctor() {
     let unprivileged = sb.run(&["doctor", "9115"]);
     let shown = String::from_utf8_lossy(&unprivileged.stdout).into_owned();
     assert!(
-        shown.contains("FAIL  CT 9115: unprivileged access: container root (a mapped uid) cannot open nvidia-uvm"),
+        shown.contains("WARN  CT 9115: device access: container root (a mapped uid) can open the passed nodes, services running as another user (ollama, plex, jellyfin) cannot open nvidia-uvm"),
         "{shown}"
     );
     std::fs::write(

@@ -59,7 +59,10 @@ impl Cluster {
                     "cache": work.path().join("shared-cache"),
                 },
             });
-            write(&n.join("config.json"), serde_json::to_vec_pretty(&config).unwrap());
+            write(
+                &n.join("config.json"),
+                serde_json::to_vec_pretty(&config).unwrap(),
+            );
         }
         Cluster {
             work,
@@ -80,7 +83,13 @@ impl Cluster {
 
     fn up(&mut self, vmid: u32, node: &str, tags: &str) {
         self.vmids.push(vmid);
-        sh(&["up", &vmid.to_string(), &self.node(node).display().to_string(), "gpu", tags]);
+        sh(&[
+            "up",
+            &vmid.to_string(),
+            &self.node(node).display().to_string(),
+            "gpu",
+            tags,
+        ]);
     }
 
     fn conf(&self, vmid: u32) -> String {
@@ -104,7 +113,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for vmid in &self.vmids {
-            let _ = Command::new(self_script()).args(["down", &vmid.to_string()]).output();
+            let _ = Command::new(self_script())
+                .args(["down", &vmid.to_string()])
+                .output();
         }
     }
 }
@@ -129,7 +140,12 @@ fn stdout(out: &Output) -> String {
 fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
     let mut c = Cluster::new("cluster");
     let calls = c.work.path().join("site-hook.calls");
-    let site = |node: &str| format!("#!/bin/sh\necho \"node-{node} $1 $2\" >> '{}'\n", calls.display());
+    let site = |node: &str| {
+        format!(
+            "#!/bin/sh\necho \"node-{node} $1 $2\" >> '{}'\n",
+            calls.display()
+        )
+    };
     c.place("a", "site-hook", &site("a"));
     c.up(9150, "a", "web");
     let conf = c.work.path().join("cluster/nodes/a/lxc/9150.conf");
@@ -139,14 +155,29 @@ fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
 
     // Issue 11.1: node b has no snippet yet: a start there would abort.
     let refused = c.run("a", &["enable", "--chain", "9150"]);
-    expect_exit(&refused, 1, "does not exist on b: Proxmox aborts a start there");
-    assert!(!c.conf(9150).contains("pve-nvidia-hook"), "nothing was registered");
-    c.place("b", "pve-nvidia-hook", include_str!("../../hooks/pve-nvidia-hook"));
+    expect_exit(
+        &refused,
+        1,
+        "does not exist on b: Proxmox aborts a start there",
+    );
+    assert!(
+        !c.conf(9150).contains("pve-nvidia-hook"),
+        "nothing was registered"
+    );
+    c.place(
+        "b",
+        "pve-nvidia-hook",
+        include_str!("../../hooks/pve-nvidia-hook"),
+    );
     let out = c.run("a", &["enable", "--chain", "--now", "9150"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(c.conf(9150).contains("hookscript: local:snippets/pve-nvidia-hook"));
+    assert!(c
+        .conf(9150)
+        .contains("hookscript: local:snippets/pve-nvidia-hook"));
     assert_eq!(
-        std::fs::read_dir(c.work.path().join("cluster/pve-nvidia-hook/chain")).unwrap().count(),
+        std::fs::read_dir(c.work.path().join("cluster/pve-nvidia-hook/chain"))
+            .unwrap()
+            .count(),
         1,
         "the chain record is in the shared /etc/pve"
     );
@@ -154,25 +185,44 @@ fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
     // The chained hookscript exists on a only: doctor says so.
     let doctor = c.run("a", &["doctor", "9150"]);
     assert!(
-        stdout(&doctor).contains("FAIL  CT 9150: chained hook: local:snippets/site-hook is missing on b"),
+        stdout(&doctor)
+            .contains("FAIL  CT 9150: chained hook: local:snippets/site-hook is missing on b"),
         "{}",
         text(&doctor)
     );
     c.place("b", "site-hook", &site("b"));
     let doctor = c.run("a", &["doctor", "9150"]);
     let shown = stdout(&doctor);
-    assert!(shown.contains("OK    CT 9150: cluster: every node (a, b) has local:snippets/pve-nvidia-hook"), "{shown}");
-    assert!(shown.contains("OK    CT 9150: chained hook: local:snippets/site-hook runs first"), "{shown}");
+    assert!(
+        shown.contains(
+            "OK    CT 9150: cluster: every node (a, b) has local:snippets/pve-nvidia-hook"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("OK    CT 9150: chained hook: local:snippets/site-hook runs first"),
+        "{shown}"
+    );
 
     // Issue 11.2: a restart migration to b; b starts it (pre-start, post-start).
-    sh(&["migrate", "9150", &c.work.path().display().to_string(), "a", "b"]);
+    sh(&[
+        "migrate",
+        "9150",
+        &c.work.path().display().to_string(),
+        "a",
+        "b",
+    ]);
     for phase in ["pre-start", "post-start"] {
         let out = c.run("b", &["9150", phase]);
         assert_eq!(out.status.code(), Some(0), "{phase}: {}", text(&out));
     }
     let ran = std::fs::read_to_string(&calls).unwrap();
-    assert!(ran.ends_with("node-b 9150 pre-start\nnode-b 9150 post-start\n"), "{ran}");
-    let rows: Value = serde_json::from_slice(&c.run("b", &["status", "--json", "9150"]).stdout).unwrap();
+    assert!(
+        ran.ends_with("node-b 9150 pre-start\nnode-b 9150 post-start\n"),
+        "{ran}"
+    );
+    let rows: Value =
+        serde_json::from_slice(&c.run("b", &["status", "--json", "9150"]).stdout).unwrap();
     assert_eq!(rows[0]["state"], "up-to-date", "{rows}");
     assert_eq!(rows[0]["container_version"], V2, "b's own driver version");
     assert_eq!(c.server.count(&format!("NVIDIA-Linux-x86_64-{V2}.run")), 1);
@@ -180,9 +230,22 @@ fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
 
     // One table for the cluster, from node a.
     let table = stdout(&c.run("a", &["status", "--cluster"]));
-    let row = table.lines().find(|l| l.contains("9150")).unwrap_or_default();
+    let row = table
+        .lines()
+        .find(|l| l.contains("9150"))
+        .unwrap_or_default();
     assert!(
-        row.split_whitespace().eq(["b", "9150", "yes", "(tag)", "yes", V2, V2, "up-to-date", "yes"]),
+        row.split_whitespace().eq([
+            "b",
+            "9150",
+            "yes",
+            "(tag)",
+            "yes",
+            V2,
+            V2,
+            "up-to-date",
+            "yes"
+        ]),
         "{table}"
     );
 
@@ -190,10 +253,15 @@ fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
     let out = c.run("b", &["disable", "9150"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let conf = c.conf(9150);
-    assert!(conf.contains("hookscript: local:snippets/site-hook"), "{conf}");
+    assert!(
+        conf.contains("hookscript: local:snippets/site-hook"),
+        "{conf}"
+    );
     assert!(!conf.contains("nvidia-chain-"), "{conf}");
     assert_eq!(
-        std::fs::read_dir(c.work.path().join("cluster/pve-nvidia-hook/chain")).unwrap().count(),
+        std::fs::read_dir(c.work.path().join("cluster/pve-nvidia-hook/chain"))
+            .unwrap()
+            .count(),
         0
     );
 }
@@ -221,26 +289,46 @@ fn e2e_device_access_in_unprivileged_containers_as_proxmox_makes_it() {
     }
     sb.up_with(9151, true, "nvidia", &["unprivileged", "dev"]);
     let as_nobody = |sb: &Sandbox, vmid: u32| {
-        sb.inside(vmid, &["su", "-s", "/bin/sh", "nobody", "-c", "cat /dev/nvidia0"])
+        sb.inside(
+            vmid,
+            &["su", "-s", "/bin/sh", "nobody", "-c", "cat /dev/nvidia0"],
+        )
     };
-    assert!(sb.inside(9151, &["cat", "/dev/nvidia0"]).status.success(), "container root opens a devN node");
-    assert!(!as_nobody(&sb, 9151).status.success(), "another user does not");
+    assert!(
+        sb.inside(9151, &["cat", "/dev/nvidia0"]).status.success(),
+        "container root opens a devN node"
+    );
+    assert!(
+        !as_nobody(&sb, 9151).status.success(),
+        "another user does not"
+    );
     let shown = stdout(&sb.run(&["doctor", "9151"]));
     assert!(
         shown.contains("WARN  CT 9151: device access: container root (a mapped uid) can open the passed nodes, services running as another user (ollama, plex, jellyfin) cannot open nvidia0, nvidiactl"),
         "{shown}"
     );
-    assert!(shown.contains("fix: pct set 9151 --dev0 /dev/nvidia0,mode=0666"), "{shown}");
+    assert!(
+        shown.contains("fix: pct set 9151 --dev0 /dev/nvidia0,mode=0666"),
+        "{shown}"
+    );
 
     sb.up_with(9152, true, "nvidia", &["unprivileged", "dev=0666"]);
     assert!(as_nobody(&sb, 9152).status.success());
     let shown = stdout(&sb.run(&["doctor", "9152"]));
-    assert!(shown.contains("OK    CT 9152: device access: container root (a mapped uid) and other users can open"), "{shown}");
+    assert!(
+        shown.contains(
+            "OK    CT 9152: device access: container root (a mapped uid) and other users can open"
+        ),
+        "{shown}"
+    );
 
     // lxc.mount.entry of a host node that is 0660 root:root.
     sb.up_with(9153, true, "nvidia", &["unprivileged"]);
     chmod(&sb.dir().join("dev/nvidia0"), 0o660);
-    assert!(!sb.inside(9153, &["cat", "/dev/nvidia0"]).status.success(), "host root is nobody inside");
+    assert!(
+        !sb.inside(9153, &["cat", "/dev/nvidia0"]).status.success(),
+        "host root is nobody inside"
+    );
     let shown = stdout(&sb.run(&["doctor", "9153"]));
     assert!(
         shown.contains("FAIL  CT 9153: device access: container root (a mapped uid) cannot open nvidia0, nvidiactl"),
@@ -270,5 +358,9 @@ fn e2e_nvidias_real_nvidia_smi_without_a_gpu_exits_9() {
         "{}",
         text(&out)
     );
-    assert_eq!(sb.state(9154), "up-to-date", "the files are right; passthrough is missing");
+    assert_eq!(
+        sb.state(9154),
+        "up-to-date",
+        "the files are right; passthrough is missing"
+    );
 }

@@ -308,3 +308,66 @@ fn doctor_without_a_host_driver_fails_with_fixes() {
         .iter()
         .any(|c| c["scope"] == "CT 168" && c["check"] == "hook" && c["level"] == "fail"));
 }
+
+/// Issue 12.1 and 12.10: doctor reads the whole installation (every file
+/// the record lists, by CRC) and says what the driver offers; it says ahead
+/// of time whether the runfile for the host's version will be accepted.
+#[test]
+fn doctor_checks_the_whole_installation_and_the_runfiles_digest() {
+    let mut host = FakeHost::new();
+    with_storage(&host);
+    let ct = host.container(170, TAGGED);
+    assert!(host.run(&["170", "post-start"]).status.success());
+    let shown = stdout(&host.run(&["doctor", "170"]));
+    assert!(
+        shown.contains("OK    CT 170: installation: every file the installer recorded is in place; CUDA; no NVENC"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("OK    CT 170: runfile:") && shown.contains("is the admin's own file"),
+        "{shown}"
+    );
+    // A library changed in place: the start-time check (names and kinds)
+    // cannot see it; doctor and verify do.
+    let lib = ct.join(format!(
+        "usr/lib/x86_64-linux-gnu/libcuda.so.{}",
+        crate::fake_host::V1
+    ));
+    let mut bytes = std::fs::read(&lib).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    std::fs::write(&lib, bytes).unwrap();
+    let out = host.run(&["doctor", "170"]);
+    assert!(
+        stdout(&out).contains(&format!(
+            "FAIL  CT 170: installation: /usr/lib/x86_64-linux-gnu/libcuda.so.{} changed since it was installed",
+            crate::fake_host::V1
+        )),
+        "{}",
+        text(&out)
+    );
+    expect_exit(
+        &host.run(&["verify", "170"]),
+        1,
+        "changed since it was installed",
+    );
+
+    host.set(
+        "runfile_url",
+        serde_json::json!("http://127.0.0.1:9/NVIDIA-Linux-x86_64-{version}.run"),
+    );
+    let shown = stdout(&host.run(&["doctor", "170"]));
+    assert!(
+        shown.contains("FAIL  CT 170: runfile: plain http without a pinned digest: the install of 550.54.14 will be refused"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("fix: \"runfile_sha256\": {\"550.54.14\": \"<the sha256 from NVIDIA's download page>\"}"),
+        "{shown}"
+    );
+    host.set(
+        "runfile_sha256",
+        serde_json::json!({"550.54.14": "ab".repeat(32)}),
+    );
+    assert!(stdout(&host.run(&["doctor", "170"]))
+        .contains("OK    CT 170: runfile: the digest of 550.54.14 is pinned"));
+}

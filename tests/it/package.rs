@@ -47,6 +47,15 @@ fn package_installs_works_and_leaves_nothing_behind() {
     drop(push.stdin.take());
     assert!(push.wait().unwrap().success());
 
+    // Proxmox's pvesm, for the postinst: where local:snippets/<name> is.
+    sb.inside_ok(
+        9120,
+        &[
+            "sh",
+            "-c",
+            "printf '#!/bin/sh\\n[ \"$1 $2\" = \"path local:snippets/pve-nvidia-hook\" ] && echo /var/lib/vz/snippets/pve-nvidia-hook\\n' > /usr/sbin/pvesm && chmod 755 /usr/sbin/pvesm",
+        ],
+    );
     let install = sb.inside(
         9120,
         &[
@@ -82,10 +91,32 @@ fn package_installs_works_and_leaves_nothing_behind() {
         )
         .contains("verify"));
 
+    // The postinst placed the snippet in this node's local storage, so a
+    // container enabled anywhere in the cluster starts on this node too.
+    assert_eq!(
+        sb.inside_ok(
+            9120,
+            &["stat", "-c", "%a", "/var/lib/vz/snippets/pve-nvidia-hook"]
+        )
+        .trim(),
+        "755"
+    );
+    assert_eq!(
+        sb.inside_ok(9120, &["cat", "/var/lib/vz/snippets/pve-nvidia-hook"]),
+        include_str!("../../hooks/pve-nvidia-hook")
+    );
+    // The runtime folder is root's alone (not /run/lock, which is everyone's).
+    assert!(sb
+        .inside_ok(9120, &["cat", "/usr/lib/tmpfiles.d/pve-nvidia-hook.conf"])
+        .contains("d /run/pve-nvidia-hook 0700 root root -"));
     // The snippet as a guest references it, against a config that requests nothing.
     sb.inside_ok(
         9120,
-        &["sh", "-c", "mkdir -p /etc/pve/lxc /var/lib/vz/snippets && echo 'hostname: web' > /etc/pve/lxc/100.conf && cp /usr/share/pve-nvidia-hook/pve-nvidia-hook /var/lib/vz/snippets/"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /etc/pve/lxc && echo 'hostname: web' > /etc/pve/lxc/100.conf",
+        ],
     );
     let hook = sb.inside(
         9120,

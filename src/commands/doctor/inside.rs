@@ -106,6 +106,28 @@ pub(super) fn checks(
             None,
         ),
     }
+    if matches!(installed, InstalledDriver::Installed(_)) {
+        match driver::inspect(&root) {
+            Ok(found) if found.problems.is_empty() => report.add(
+                scope,
+                "installation",
+                Level::Ok,
+                format!(
+                    "every file the installer recorded is in place; {}",
+                    found.capabilities.summary()
+                ),
+                None,
+            ),
+            Ok(found) => report.add(
+                scope,
+                "installation",
+                Level::Fail,
+                found.problems.join("; "),
+                Some(format!("pve-nvidia-hook install --force {vmid}")),
+            ),
+            Err(e) => report.add(scope, "installation", Level::Fail, format!("{e}"), None),
+        }
+    }
     for node in nodes.iter().filter(|n| n.required() && passed.contains(n)) {
         let path = format!("/dev/{}", node.name);
         match root.kind(&path) {

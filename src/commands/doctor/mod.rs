@@ -6,6 +6,7 @@ mod access;
 mod hook;
 mod host;
 mod inside;
+mod runfile;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -74,11 +75,15 @@ pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
     } else {
         args.vmids.iter().map(|&v| (v, ctx.lookup(v))).collect()
     };
+    let mut asked = runfile::Asked::new();
     for (vmid, lookup) in lookups {
         let scope = format!("CT {vmid}");
         match lookup {
             Ok(Lookup::Container(target)) => {
-                container_checks(&ctx, &target, host.as_ref(), &nodes, &mut report, &scope)
+                container_checks(&ctx, &target, host.as_ref(), &nodes, &mut report, &scope);
+                if let Some(host) = &host {
+                    runfile::checks(&target, host, &mut asked, &mut report, &scope);
+                }
             }
             Ok(Lookup::Vm) => report.add(
                 &scope,
