@@ -38,19 +38,14 @@ pub const DEFAULT_INSTALLER_ARGS: [&str; 4] = [
 /// Left out the OpenGL, EGL and GLX libraries (and so Vulkan's).
 pub const NO_OPENGL_FILES: &str = "--no-opengl-files";
 
-/// What the graphics libraries need in the container: libglvnd complete
-/// (else the silent installer aborts on a partial one), the Vulkan loader,
-/// and the X libraries libGLX_nvidia links against.
-pub const GRAPHICS_DEPENDENCIES: [&str; 8] = [
-    "libglvnd0",
-    "libgl1",
-    "libegl1",
-    "libgles2",
-    "libopengl0",
-    "libglx0",
-    "libvulkan1",
-    "libxext6",
-];
+/// With the graphics libraries the installer brings its own libglvnd
+/// (`--install-libglvnd`): a partial one from the distribution would make a
+/// silent install abort, and Debian's complete one pulls in Mesa.
+pub const INSTALL_LIBGLVND: &str = "--install-libglvnd";
+
+/// What the graphics libraries need in the container beyond libglvnd: the
+/// Vulkan loader, and the X libraries libGLX_nvidia links against.
+pub const GRAPHICS_DEPENDENCIES: [&str; 3] = ["libvulkan1", "libx11-6", "libxext6"];
 
 /// What the installer needs inside the container. The seed installed
 /// `build-essential pkg-config wget`; with `--no-kernel-module` nothing is
@@ -452,7 +447,8 @@ pub struct Settings {
 
 impl Settings {
     /// The driver installer's arguments: the configured ones, with
-    /// `--no-opengl-files` unless `graphics` is on.
+    /// `--no-opengl-files` unless `graphics` is on, `--install-libglvnd` when
+    /// it is.
     pub fn driver_args(&self) -> Vec<String> {
         let mut args: Vec<String> = self
             .installer_args
@@ -462,6 +458,8 @@ impl Settings {
             .collect();
         if !self.graphics {
             args.push(NO_OPENGL_FILES.to_string());
+        } else if !args.iter().any(|a| a == INSTALL_LIBGLVND) {
+            args.push(INSTALL_LIBGLVND.to_string());
         }
         args
     }

@@ -130,6 +130,8 @@ runfile() {
     stub_lib "$payload/libnvcuvid.so.$version" libnvcuvid.so.1
     stub_lib "$payload/libGLX_nvidia.so.$version" libGLX_nvidia.so.0
     stub_lib "$payload/libEGL_nvidia.so.$version" libEGL_nvidia.so.0
+    stub_lib "$payload/libGLX.so.0" libGLX.so.0
+    stub_lib "$payload/libGLdispatch.so.0" libGLdispatch.so.0
     printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.260"}}\n' > "$payload/nvidia_icd.json"
     chmod 755 "$payload"/*
     (
@@ -150,6 +152,8 @@ runfile() {
         l GLX_CLIENT_SYMLINK "$lib/libGLX_nvidia.so.0" "libGLX_nvidia.so.$version"
         f EGL_CLIENT_LIB "libEGL_nvidia.so.$version" "$lib/libEGL_nvidia.so.$version"
         l EGL_CLIENT_SYMLINK "$lib/libEGL_nvidia.so.0" "libEGL_nvidia.so.$version"
+        f GLVND_LIB libGLX.so.0 "$lib/libGLX.so.0"
+        f GLVND_LIB libGLdispatch.so.0 "$lib/libGLdispatch.so.0"
         f VULKAN_ICD_JSON nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json
     ) > "$payload/manifest"
     local lines usize

@@ -185,3 +185,43 @@ fn e2e_verify_asks_for_what_workloads_need() {
         .status
         .success());
 }
+
+/// Issue 12.5: compute-only (the default) leaves no Vulkan ICD naming a
+/// library it did not install; `graphics: true` installs GL, EGL and GLX
+/// with the installer's own libglvnd and keeps the ICD, and verify says
+/// which of CUDA, NVENC/NVDEC, Vulkan and EGL/GL the container has.
+#[test]
+#[ignore = "needs root and LXC; `make test` as root runs it"]
+fn e2e_graphics_installs_gl_egl_and_vulkan_whole() {
+    let mut sb = Sandbox::new("graphics");
+    sb.up(9146, true, "nvidia");
+    sb.set("graphics", json!(true));
+    let out = sb.hook(9146, "post-start");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = std::fs::read_to_string(sb.dir().join("attach.log")).unwrap();
+    assert!(log.contains("--install-libglvnd"), "{log}");
+    assert!(!log.contains("--no-opengl-files"), "{log}");
+    assert!(log.contains("libvulkan1 libx11-6 libxext6"), "{log}");
+    assert!(sb
+        .inside(9146, &["test", "-e", "/etc/vulkan/icd.d/nvidia_icd.json"])
+        .status
+        .success());
+    assert!(sb
+        .inside(
+            9146,
+            &[
+                "test",
+                "-e",
+                &format!("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.{V1}")
+            ]
+        )
+        .status
+        .success());
+    let verify = sb.run(&["verify", "9146"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("CUDA, NVENC, NVDEC, Vulkan, EGL, GL"),
+        "{}",
+        text(&verify)
+    );
+}
