@@ -9,6 +9,10 @@ sandbox=$top/tests/e2e/sandbox.sh
 bin=$top/target/release/pve-nvidia-hook
 version=550.54.14
 runs=${RUNS:-300}
+# The hook as it was before the hostile-tenant, cluster and installer work,
+# measured in the same run: its up-to-date path is the one to stay within a
+# millisecond of.
+baseline_rev=${BASELINE:-0accdfa}
 storm=${STORM:-8}
 up_to_date=9201
 not_requested=9202
@@ -23,6 +27,7 @@ for i in $(seq 0 $((storm - 1))); do vmids+=($((storm_first + i))); done
 server=
 cleanup() {
     [ -n "$server" ] && kill "$server" 2>/dev/null
+    git -C "$top" worktree remove --force "$work/baseline" >/dev/null 2>&1 || true
     for v in "${vmids[@]}"; do "$sandbox" down "$v" >/dev/null 2>&1 || true; done
     rm -rf "$work"
 }
@@ -40,7 +45,7 @@ write_config() {
     cat > "$work/config.json" <<JSON
 {
   "background": $1,
-  "dependencies": [],
+  "dependencies": ["kmod"],
   "runfile_url": "http://127.0.0.1:$port/NVIDIA-Linux-x86_64-{version}.run",
   "runfile_sha256": {"$version": "$digest"},
   "paths": {"pve": "$work/pve", "sys": "$work/sys", "cache": "$work/cache", "lock": "$work/lock", "log": "$work/log"}
@@ -78,9 +83,22 @@ SH
 chmod 755 "$work/planbin/"* "$work/plan-stage1.sh"
 plan=(env "PATH=$work/planbin:$PATH" bash "$work/plan-stage1.sh")
 
+# A container as an install finds it: kmod in place (NVIDIA's installer
+# needs its programs), so that the storm measures the hook and not the
+# mirror: with its dependencies there, an install runs no apt at all.
+up() {
+    "$sandbox" up "$@"
+    lxc-attach -n "$1" -- env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kmod >/dev/null
+}
+
+note "baseline: building $baseline_rev"
+git -C "$top" worktree add -f --detach "$work/baseline" "$baseline_rev" >/dev/null 2>&1
+cargo build --release --locked --quiet --manifest-path "$work/baseline/Cargo.toml" --target-dir "$top/target/bench-baseline"
+before=$top/target/bench-baseline/release/pve-nvidia-hook
+
 note "containers: $up_to_date (up to date), $not_requested (not requested)"
-"$sandbox" up "$up_to_date" "$work" gpu nvidia
-"$sandbox" up "$not_requested" "$work" gpu ""
+up "$up_to_date" "$work" gpu nvidia
+up "$not_requested" "$work" gpu ""
 "$bin" install "$up_to_date" >/dev/null 2>&1
 "$bin" status --json "$up_to_date" | grep -q '"up-to-date"' || { echo "setup: $up_to_date is not up to date" >&2; exit 1; }
 
@@ -118,6 +136,12 @@ row() {
 }
 note "timing the up-to-date and not-requested paths ($runs runs each)"
 table1=$(row "up to date, \`$up_to_date post-start\`" "$up_to_date"; row "not requested, \`$not_requested post-start\`" "$not_requested")
+"$before" "$up_to_date" post-start >/dev/null 2>&1 || { echo "bench: the baseline hook failed" >&2; exit 1; }
+read -r bm b5 b95 < <(measure "before-$up_to_date" "$before" "$up_to_date" post-start)
+bc=$(children "$before" "$up_to_date" post-start)
+read -r nm _ _ < <(measure "after-$up_to_date" "$bin" "$up_to_date" post-start)
+ac=$(children "$bin" "$up_to_date" post-start)
+delta=$(python3 -c "print(f'{$nm - $bm:+.2f}')")
 
 /usr/bin/time -f '%M' -o "$work/rss" "$bin" "$up_to_date" post-start >/dev/null 2>&1
 rss_kb=$(tail -n1 "$work/rss")
@@ -125,7 +149,7 @@ objcopy --strip-all "$bin" "$work/stripped"
 size=$(stat -c %s "$work/stripped")
 
 note "boot storm: $storm containers needing $version, all hooks at once, background mode"
-for i in $(seq 0 $((storm - 1))); do "$sandbox" up $((storm_first + i)) "$work" gpu nvidia; done
+for i in $(seq 0 $((storm - 1))); do up $((storm_first + i)) "$work" gpu nvidia; done
 write_config true
 : > "$work/http.log"
 rm -rf "$work/cache"
@@ -160,6 +184,12 @@ table=$(cat <<MD
 | path | pve-nvidia-hook: median wall (spread) | its child processes | plan's stage 1: median wall (spread) | its child processes | plan / hook |
 | --- | --- | --- | --- | --- | --- |
 $table1
+
+| up to date, the same container and run | median wall (spread) | child processes |
+| --- | --- | --- |
+| before (\`$baseline_rev\`) | $bm ms (p5 $b5, p95 $b95) | $bc |
+| now | $nm ms | $ac |
+| difference | $delta ms | |
 
 | boot storm ($storm containers, one driver version, background mode) | |
 | --- | --- |

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 
 use crate::config::Settings;
-use crate::container::driver::{self, Capabilities};
+use crate::container::driver::{self, Capabilities, InstalledDriver};
 use crate::container::rootfs::{Kind, RootFs};
 use crate::container::{ContainerCommand, Exec};
 use crate::version::{self, DriverVersion};
@@ -17,11 +17,16 @@ pub struct Verified {
     pub reported: DriverVersion,
     pub capabilities: Capabilities,
     pub graphics: bool,
+    /// The host's driver, bind-mounted: what it offers is the host's.
+    pub host_provided: bool,
 }
 
 impl Verified {
     /// `CUDA, NVENC, NVDEC, OpenCL; no Vulkan, EGL, GL (compute-only: ...)`.
     pub fn capabilities(&self) -> String {
+        if self.host_provided {
+            return "the host's own driver, bind-mounted".to_string();
+        }
         let summary = self.capabilities.summary();
         if self.graphics {
             summary
@@ -39,6 +44,21 @@ pub fn verify(
     settings: &Settings,
 ) -> Result<Verified> {
     let quick = Duration::from_secs(settings.command_timeout_secs);
+    // The host's own driver, bind-mounted: no record of an install to read;
+    // what workloads get is what nvidia-smi and the nodes say.
+    if let InstalledDriver::HostProvided(_) = driver::detect_in(root) {
+        let reported = verify_driver(exec, root, host, quick)?;
+        let missing = missing_nodes(root);
+        if !missing.is_empty() {
+            bail!("{} missing in the container", missing.join(", "));
+        }
+        return Ok(Verified {
+            reported,
+            capabilities: Capabilities::default(),
+            graphics: settings.graphics,
+            host_provided: true,
+        });
+    }
     let inspection = driver::inspect(root)?;
     if &inspection.version != host {
         // What workloads see of it, too.
@@ -76,6 +96,7 @@ pub fn verify(
         reported,
         capabilities: inspection.capabilities,
         graphics: settings.graphics,
+        host_provided: false,
     })
 }
 

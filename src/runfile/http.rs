@@ -335,6 +335,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_https_source_is_never_followed_to_plain_http() {
+        // A redirect target is a request like any other: the https-only
+        // agent of an https source refuses it before connecting.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let limits = Limits {
+            stall: Duration::from_secs(2),
+            total: Duration::from_secs(2),
+            max_bytes: 1,
+        };
+        let err = match get_with_retries(
+            &agent(&limits, true),
+            &format!("http://127.0.0.1:{port}/a.run"),
+            &|_| {},
+        ) {
+            Err(Attempt::Failed(e)) => e.to_string(),
+            _ => panic!("a plain http request was made"),
+        };
+        assert!(err.contains("redirected to plain http; refused"), "{err}");
+        assert!(listener.accept().is_err(), "nothing connected");
+    }
+
+    #[test]
     fn progress_texts() {
         let b = bar(50_000_000, Some(100_000_000), Duration::from_secs(5));
         assert!(

@@ -146,6 +146,10 @@ fn e2e_a_driver_bind_mounted_from_the_host_is_left_alone() {
     assert_eq!(rows[0]["container_version"], V1, "{rows}");
     let out = sb.run(&["install", "--force", "9143"]);
     expect_exit(&out, 1, "bind-mounted from the host");
+    // verify checks what workloads get: the host's nvidia-smi, the nodes.
+    let verify = sb.run(&["verify", "9143"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("the host's own driver, bind-mounted"));
 }
 
 /// Issue 12.9: verify asks for what workloads need: /dev/nvidia-uvm (CUDA

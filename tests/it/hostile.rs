@@ -318,3 +318,24 @@ fn only_the_containers_own_live_init_is_read() {
     assert_eq!(host.status_json(190)["state"], "stopped");
     assert!(host.calls().is_empty());
 }
+
+/// Issue 10.1: a local runfile is trusted only as opened: a file others can
+/// write, or one in a folder others can change, is never run.
+#[test]
+fn a_local_runfile_others_could_have_changed_is_never_run() {
+    let host = FakeHost::new();
+    host.container(191, TAGGED);
+    let runfile = host
+        .path()
+        .join(format!("runfiles/NVIDIA-Linux-x86_64-{V1}.run"));
+    set_mode(&runfile, 0o666);
+    let out = host.run(&["install", "191"]);
+    expect_exit(&out, 1, "writable by group or others");
+    set_mode(&runfile, 0o644);
+    set_mode(&host.path().join("runfiles"), 0o777);
+    let out = host.run(&["install", "191"]);
+    expect_exit(&out, 1, "folder");
+    assert_eq!(host.installer_runs(191), 0);
+    set_mode(&host.path().join("runfiles"), 0o755);
+    assert!(host.run(&["install", "191"]).status.success());
+}
