@@ -247,8 +247,8 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
 const MAX_CONFIG: u64 = 1 << 20;
 
 fn read_trusted(path: &Path) -> std::io::Result<String> {
-    let (file, _) = fsutil::open_trusted(path)?;
-    let mut text = String::new();
+    let (file, meta) = fsutil::open_trusted(path)?;
+    let mut text = String::with_capacity(meta.len().min(MAX_CONFIG) as usize + 1);
     file.take(MAX_CONFIG).read_to_string(&mut text)?;
     Ok(text)
 }

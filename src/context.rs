@@ -227,7 +227,7 @@ fn read_bounded(path: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(16 * 1024);
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;

@@ -91,8 +91,7 @@ impl Host {
             .iter()
             .map(|r| cgroup.join(r))
             .filter(|p| p.is_dir())
-            .find_map(|root| self.find_init_below(&root))
-            .and_then(|pid| self.init_at(vmid, pid))
+            .find_map(|root| self.find_init_below(&root, vmid))
     }
 
     /// `pid` as the container's init: a pidfd taken first, then the process
@@ -126,9 +125,13 @@ impl Host {
 
     /// Breadth-first through at most a few dozen cgroups: a container may
     /// create its own sub-cgroups, and must not make this walk expensive.
-    fn find_init_below(&self, root: &Path) -> Option<u32> {
+    fn find_init_below(&self, root: &Path, vmid: Vmid) -> Option<Init> {
         const MAX_DIRS: usize = 64;
-        let mut queue = std::collections::VecDeque::from([(root.to_path_buf(), 0usize)]);
+        // Proxmox's inner cgroup first: that is where init is.
+        let mut queue = std::collections::VecDeque::from([
+            (root.join("ns"), 1usize),
+            (root.to_path_buf(), 0usize),
+        ]);
         let mut visited = 0;
         while let Some((dir, depth)) = queue.pop_front() {
             visited += 1;
@@ -136,12 +139,12 @@ impl Host {
                 return None;
             }
             if let Ok(Some(procs)) = read_small(&dir.join("cgroup.procs")) {
-                if let Some(pid) = procs
+                if let Some(init) = procs
                     .lines()
                     .filter_map(|l| l.trim().parse::<u32>().ok())
-                    .find(|&pid| self.is_namespace_init(pid))
+                    .find_map(|pid| self.init_at(vmid, pid))
                 {
-                    return Some(pid);
+                    return Some(init);
                 }
             }
             if depth < 3 {
@@ -206,7 +209,8 @@ impl Init {
 fn read_small(path: &Path) -> Result<Option<String>> {
     match std::fs::File::open(path) {
         Ok(f) => {
-            let mut text = String::new();
+            // Kernel files report no size: room for one read, not a dozen.
+            let mut text = String::with_capacity(8 * 1024);
             f.take(MAX_KERNEL_FILE)
                 .read_to_string(&mut text)
                 .with_context(|| format!("reading {}", path.display()))?;

@@ -475,7 +475,7 @@ impl RootFs {
 }
 
 fn read_mounts(path: &Path) -> io::Result<MountTable> {
-    let mut text = String::new();
+    let mut text = String::with_capacity(64 * 1024);
     File::open(path)?
         .take(MAX_MOUNTINFO)
         .read_to_string(&mut text)?;
