@@ -5,10 +5,11 @@
 
 use std::io::{self, Read};
 
+use super::confined::{Confined, Kind};
 use super::elf;
 use super::mounts::MountTable;
 use super::record::{self, Crc, Record};
-use super::rootfs::{Confined, Kind, RootFs};
+use super::rootfs::RootFs;
 use crate::version::{self, DriverVersion};
 
 /// nvidia-installer's record of what it installed.
@@ -401,7 +402,7 @@ fn installer_errors(c: &Confined) -> io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::rootfs::tests::{confined, tempdir};
+    use crate::container::confined::tests::{confined, tempdir};
 
     fn root_with(tag: &str, files: &[(&str, &str)]) -> (std::path::PathBuf, Confined) {
         let d = tempdir(&format!("driver-{tag}"));

@@ -3,6 +3,7 @@
 //! [`rootfs::RootFs`], confined to its root file system. Nothing is ever
 //! written into a container from the host side.
 
+pub mod confined;
 pub mod dpkg;
 pub mod driver;
 pub mod elf;

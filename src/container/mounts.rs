@@ -6,6 +6,10 @@
 //! a tenant's FUSE daemon can take a request and never answer, and the
 //! reading thread then waits in the kernel, out of reach of any signal.
 
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
 /// One line of mountinfo: `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -35,7 +39,19 @@ pub fn is_local_fstype(fstype: &str) -> bool {
     LOCAL_FSTYPES.contains(&fstype)
 }
 
+/// mountinfo of a container with hundreds of mounts is a few hundred KiB.
+const MAX_MOUNTINFO: u64 = 4 << 20;
+
 impl MountTable {
+    /// The table in a mountinfo file (`/proc/<pid>/mountinfo`).
+    pub fn read(path: &Path) -> io::Result<MountTable> {
+        let mut text = String::with_capacity(64 * 1024);
+        File::open(path)?
+            .take(MAX_MOUNTINFO)
+            .read_to_string(&mut text)?;
+        Ok(MountTable::parse(&text))
+    }
+
     /// Lines that do not parse are skipped: the kernel writes this file, so
     /// they do not occur, and nothing read here is trusted beyond its type.
     pub fn parse(text: &str) -> MountTable {

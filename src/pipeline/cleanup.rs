@@ -7,9 +7,9 @@
 use anyhow::{bail, Result};
 
 use super::{apt, must, Job};
+use crate::container::confined::Kind;
 use crate::container::dpkg::is_package_name;
 use crate::container::driver::ALTERNATE_INSTALL_MARKER;
-use crate::container::rootfs::Kind;
 use crate::container::ContainerCommand;
 
 /// The distribution's driver, in Debian's, Ubuntu's and NVIDIA's CUDA

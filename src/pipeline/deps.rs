@@ -76,7 +76,7 @@ fn install(job: &Job, wanted: &[String]) -> Result<()> {
         return Ok(());
     }
     if installed.is_none()
-        || job.root.kind("/usr/bin/apt-get") != crate::container::rootfs::Kind::File
+        || job.root.kind("/usr/bin/apt-get") != crate::container::confined::Kind::File
     {
         bail!(
             "the container has no apt-get (ostype: {}); install {} yourself, or set \"dependencies\" to what the container already has",

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 
 use crate::config::Settings;
+use crate::container::confined::Kind;
 use crate::container::driver::{self, Capabilities, InstalledDriver};
-use crate::container::rootfs::{Kind, RootFs};
+use crate::container::rootfs::RootFs;
 use crate::container::{ContainerCommand, Exec};
 use crate::version::{self, DriverVersion};
 

@@ -9,11 +9,8 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::e2e::{chmod, sh, Sandbox};
+use crate::sandbox::{chmod, sh, Sandbox, V1, V2};
 use crate::support::{self, expect_exit, text, write, FileServer, TempDir};
-
-const V1: &str = "550.54.14";
-const V2: &str = "550.90.07";
 
 /// Two nodes, `a` (driver V1) and `b` (driver V2), sharing /etc/pve and a
 /// runfile cache; each node runs the tool with its own configuration.

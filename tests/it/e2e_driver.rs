@@ -7,10 +7,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::e2e::{stderr, Sandbox};
+use crate::sandbox::{stderr, Sandbox, V1};
 use crate::support::{expect_exit, text};
 
-const V1: &str = "550.54.14";
 const DEBIAN: &str = "535.261.03";
 
 /// NVIDIA's real nvidia-smi, libnvidia-ml and libcuda (Debian's 535.261.03)

@@ -2,7 +2,7 @@
 //! never hangs, never says "up to date" when it is not, never reads or
 //! writes outside a container's root, never follows a planted symlink on the
 //! host, and loses nothing when it is interrupted. (Real-container faults are
-//! in e2e.rs.)
+//! in e2e*.rs.)
 
 use std::os::unix::fs::symlink;
 use std::time::{Duration, Instant};

@@ -1,16 +1,20 @@
 //! Integration tests: they run the built binary.
 //! `fake_host` drives it against a fake host and fake containers (stand-ins
-//! on PATH); `e2e` against real LXC containers and `package` installs the
-//! built .deb into one (root only).
+//! on PATH); `e2e*` against real LXC containers on the `sandbox`, and
+//! `package` installs the built .deb into one (root only).
 
 mod e2e;
 mod e2e_cluster;
 mod e2e_driver;
 mod e2e_hostile;
+mod e2e_operator;
 mod fake_host;
 mod faults;
+mod hook;
 mod hostile;
+mod install;
 mod operator;
 mod package;
 mod proxmox;
+mod sandbox;
 mod support;

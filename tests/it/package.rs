@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::e2e::Sandbox;
+use crate::sandbox::Sandbox;
 use crate::support::text;
 
 fn deb() -> PathBuf {

@@ -2,19 +2,22 @@
 //! settings it resolves to for one container.
 //!
 //! Every key is optional; unknown keys, wrong types and bad values are
-//! configuration errors (exit 2) that name the file and the key.
+//! configuration errors (exit 2) that name the file and the key: see
+//! [`load`], which trusts the file only as opened and validates it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::error::usage;
-use crate::fsutil;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
+
+mod load;
+mod phoenix;
+
+pub use load::{load, parse};
+pub use phoenix::{read_phoenix, PhoenixEntry};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pve-nvidia-hook/config.json";
 
@@ -216,83 +219,7 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
 }
 
-/// The configuration decides what runs as root in every GPU container, so
-/// it is trusted only as opened: one open, no symlink followed, a regular
-/// file of root's that group and others cannot write, in folders that only
-/// root can change (see [`fsutil::open_trusted`]). Nothing it names is
-/// read or run before that.
-pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
-    let (path, must_exist) = match explicit {
-        Some(p) => (p.to_path_buf(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let text = match read_trusted(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-            return Ok(Loaded {
-                config: Config::default(),
-                file: None,
-            })
-        }
-        Err(e) => return Err(usage(format!("config {}: {e}", path.display()))),
-    };
-    let config = parse(&text).map_err(|e| usage(format!("config {}: {e:#}", path.display())))?;
-    Ok(Loaded {
-        config,
-        file: Some(path),
-    })
-}
-
-/// A configuration file is small; more is not one.
-const MAX_CONFIG: u64 = 1 << 20;
-
-fn read_trusted(path: &Path) -> std::io::Result<String> {
-    let (file, meta) = fsutil::open_trusted(path)?;
-    let mut text = String::with_capacity(meta.len().min(MAX_CONFIG) as usize + 1);
-    file.take(MAX_CONFIG).read_to_string(&mut text)?;
-    Ok(text)
-}
-
-pub fn parse(text: &str) -> Result<Config> {
-    if text.trim().is_empty() {
-        anyhow::bail!("the file is empty (write {{}} for all defaults)");
-    }
-    let config: Config = serde_json::from_str(text)?;
-    config.validate()?;
-    Ok(config)
-}
-
 impl Config {
-    fn validate(&self) -> Result<()> {
-        refuse_unknown("", &self.unknown)?;
-        validate_layer("", &self.layer)?;
-        for (key, overrides) in &self.containers {
-            key.parse::<Vmid>()
-                .map_err(|e| anyhow::anyhow!("containers: key {e}"))?;
-            let prefix = format!("containers.\"{key}\".");
-            refuse_unknown(&prefix, &overrides.unknown)?;
-            validate_layer(&prefix, &overrides.layer)?;
-        }
-        if self.max_concurrent_installs == Some(0) {
-            anyhow::bail!("max_concurrent_installs: must be at least 1");
-        }
-        for (key, value) in [
-            ("installer_timeout_secs", self.installer_timeout_secs),
-            ("command_timeout_secs", self.command_timeout_secs),
-            ("download_timeout_secs", self.download_timeout_secs),
-            ("read_timeout_secs", self.read_timeout_secs),
-            ("install_budget_secs", self.install_budget_secs),
-            ("slot_wait_secs", self.slot_wait_secs),
-            ("max_download_mb", self.max_download_mb),
-            ("download_max_secs", self.download_max_secs),
-        ] {
-            if value == Some(0) {
-                anyhow::bail!("{key}: must be at least 1");
-            }
-        }
-        Ok(())
-    }
-
     pub fn read_timeout_secs(&self) -> u64 {
         self.read_timeout_secs.unwrap_or(5)
     }
@@ -339,88 +266,6 @@ impl Config {
             download_max_secs: self.download_max_secs.unwrap_or(3600),
         }
     }
-}
-
-fn refuse_unknown(prefix: &str, unknown: &BTreeMap<String, serde::de::IgnoredAny>) -> Result<()> {
-    match unknown.keys().next() {
-        Some(key) => anyhow::bail!("{prefix}unknown field `{}`", key.escape_debug()),
-        None => Ok(()),
-    }
-}
-
-fn validate_layer(prefix: &str, layer: &Layer) -> Result<()> {
-    let (url, digest, cuda) = (&layer.runfile_url, &layer.runfile_sha256, &layer.cuda);
-    if layer.graphics == Some(true)
-        && layer
-            .installer_args
-            .as_ref()
-            .is_some_and(|a| a.iter().any(|a| a == NO_OPENGL_FILES))
-    {
-        anyhow::bail!("{prefix}installer_args: {NO_OPENGL_FILES} contradicts graphics: true (leave it out: graphics decides it)");
-    }
-    if let Some(deps) = &layer.dependencies {
-        if let Some(bad) = deps
-            .iter()
-            .find(|d| !crate::container::dpkg::is_package_name(d))
-        {
-            anyhow::bail!(
-                "{prefix}dependencies: '{}' is not a Debian package name",
-                bad.escape_debug()
-            );
-        }
-    }
-    if let Some(url) = url {
-        check_url(url).with_context(|| format!("{prefix}runfile_url"))?;
-    }
-    match digest {
-        Some(DigestSpec::One(d)) => {
-            check_digest(d).with_context(|| format!("{prefix}runfile_sha256"))?
-        }
-        Some(DigestSpec::PerVersion(map)) => {
-            for (version, d) in map {
-                version
-                    .parse::<DriverVersion>()
-                    .map_err(|e| anyhow::anyhow!("{prefix}runfile_sha256: key {e}"))?;
-                check_digest(d).with_context(|| format!("{prefix}runfile_sha256.\"{version}\""))?;
-            }
-        }
-        None => {}
-    }
-    if let Some(cuda) = cuda {
-        check_url(&cuda.runfile_url).with_context(|| format!("{prefix}cuda.runfile_url"))?;
-        if let Some(d) = &cuda.sha256 {
-            check_digest(d).with_context(|| format!("{prefix}cuda.sha256"))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_url(url: &str) -> Result<()> {
-    let ok = ["https://", "http://", "file:///"].iter().any(|scheme| {
-        url.strip_prefix(scheme)
-            .is_some_and(|rest| !rest.is_empty())
-    }) || (url.starts_with('/') && url.len() > 1);
-    if !ok {
-        anyhow::bail!("'{url}' is not an https://, http://, file:/// URL or an absolute path");
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        anyhow::bail!(
-            "'{}' contains whitespace or control characters",
-            url.escape_debug()
-        );
-    }
-    let name = url.rsplit('/').next().unwrap_or_default();
-    if name.is_empty() {
-        anyhow::bail!("'{url}' does not end in a file name");
-    }
-    Ok(())
-}
-
-fn check_digest(d: &str) -> Result<()> {
-    if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!("'{d}' is not a sha256 digest (64 hex digits)");
-    }
-    Ok(())
 }
 
 /// The resolved settings for one container.
@@ -498,48 +343,6 @@ impl Settings {
     }
 }
 
-/// A Phoenix Hypervisor `phoenix_lxc_configs.json`: what the original plan's
-/// `jq_get_value` read.
-#[derive(Debug, Default)]
-pub struct PhoenixEntry {
-    pub requested: bool,
-    pub runfile_url: Option<String>,
-}
-
-pub fn read_phoenix(path: &Path, vmid: Vmid) -> Result<PhoenixEntry> {
-    let text =
-        read_trusted(path).map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
-    let root: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| usage(format!("phoenix_config {}: {e}", path.display())))?;
-    let entry = root
-        .get("lxc_configs")
-        .and_then(|c| c.get(vmid.to_string()));
-    let Some(entry) = entry else {
-        return Ok(PhoenixEntry::default());
-    };
-    let requested = entry
-        .get("features")
-        .and_then(|f| f.as_array())
-        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("nvidia")));
-    let runfile_url = entry
-        .get("nvidia_runfile_url")
-        .or_else(|| root.get("nvidia_runfile_url"))
-        .and_then(|u| u.as_str())
-        .map(str::to_owned);
-    if let Some(url) = &runfile_url {
-        check_url(url).map_err(|e| {
-            usage(format!(
-                "phoenix_config {}: nvidia_runfile_url: {e:#}",
-                path.display()
-            ))
-        })?;
-    }
-    Ok(PhoenixEntry {
-        requested,
-        runfile_url,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,68 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_key() {
-        let cases = [
-            ("", "empty"),
-            ("{", "EOF"),
-            (r#"{"bogus": 1}"#, "unknown field `bogus`"),
-            (r#"{"cleanup": "yes"}"#, "invalid type"),
-            (r#"{"runfile_url": "ftp://x/y.run"}"#, "runfile_url"),
-            (r#"{"runfile_url": "https://x/"}"#, "file name"),
-            (r#"{"runfile_sha256": "abc"}"#, "runfile_sha256"),
-            (
-                r#"{"runfile_sha256": {"550": "abc"}}"#,
-                "runfile_sha256: key",
-            ),
-            (r#"{"containers": {"abc": {}}}"#, "containers: key"),
-            (
-                r#"{"containers": {"101": {"nvidia": true, "paths": {}}}}"#,
-                "unknown field `paths`",
-            ),
-            (r#"{"paths": {"tmp": "/x"}}"#, "unknown field `tmp`"),
-            (
-                r#"{"cuda": {"runfile_url": "relative.run"}}"#,
-                "cuda.runfile_url",
-            ),
-            (
-                r#"{"max_concurrent_installs": 0}"#,
-                "max_concurrent_installs",
-            ),
-        ];
-        for (text, expected) in cases {
-            let err = format!("{:#}", parse(text).unwrap_err());
-            assert!(err.contains(expected), "{text}: {err}");
-        }
-    }
-
-    #[test]
     fn shipped_example_is_valid() {
-        let c = parse(include_str!("../examples/config.json")).unwrap();
+        let c = parse(include_str!("../../examples/config.json")).unwrap();
         let s = c.settings_for(vmid(101), None);
         assert!(s.cuda.is_some());
         assert!(!c.settings_for(vmid(102), None).background);
         assert_eq!(c.overrides(vmid(103)).and_then(|o| o.nvidia), Some(false));
-    }
-
-    #[test]
-    fn phoenix_entry_and_root_url() {
-        let dir = std::env::temp_dir().join(format!("pnh-phoenix-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("phoenix_lxc_configs.json");
-        std::fs::write(
-            &file,
-            r#"{"nvidia_runfile_url": "https://example.com/NVIDIA-Linux-x86_64-550.54.14.run",
-                "lxc_configs": {"901": {"features": ["base", "nvidia"]}, "902": {"features": ["docker"]}}}"#,
-        )
-        .unwrap();
-        let e = read_phoenix(&file, vmid(901)).unwrap();
-        assert!(e.requested);
-        assert_eq!(
-            e.runfile_url.as_deref(),
-            Some("https://example.com/NVIDIA-Linux-x86_64-550.54.14.run")
-        );
-        assert!(!read_phoenix(&file, vmid(902)).unwrap().requested);
-        assert!(!read_phoenix(&file, vmid(903)).unwrap().requested);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
