@@ -10,8 +10,15 @@
 //! Proxmox keeps with its config. A container without the tag has no chain,
 //! whatever records exist for its vmid; a record no container carries is
 //! stale and removed by `enable`/`disable`.
+//!
+//! A record runs only for the vmid it was made for. Tags are not root's:
+//! a user with `VM.Config.Options` may edit them, while only root may set a
+//! hookscript, so a tag copied from another container (or carried by a
+//! clone or a restore under a new vmid) must not make root's script for
+//! that container run for this one.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::pct_config::PctConfig;
+use crate::storage::{self, Storage};
 use crate::vmid::Vmid;
 
 pub const TAG_PREFIX: &str = "nvidia-chain-";
@@ -28,7 +36,8 @@ pub const TAG_PREFIX: &str = "nvidia-chain-";
 pub struct Record {
     /// The chained hookscript, `<storage>:snippets/<name>`.
     pub chain: String,
-    /// The container it was recorded for (a clone carries the tag too).
+    /// The container it was recorded for, the only one it runs for (a
+    /// clone carries the tag too).
     pub vmid: u32,
     pub recorded_unix: u64,
 }
@@ -44,6 +53,25 @@ pub fn token(pct: &PctConfig) -> Option<String> {
         .find_map(|t| t.strip_prefix(TAG_PREFIX).map(str::to_owned))
         .filter(|t| is_token(t))
 }
+
+/// Every token named anywhere in a container's config text: its current
+/// tags, a snapshot's or a pending change's (a rollback or a pending
+/// change brings them back).
+pub fn tokens_in(text: &str) -> Vec<String> {
+    let mut tokens: Vec<String> = text
+        .match_indices(TAG_PREFIX)
+        .filter_map(|(at, _)| text.get(at + TAG_PREFIX.len()..at + TAG_PREFIX.len() + 12))
+        .filter(|t| is_token(t))
+        .map(str::to_owned)
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    tokens
+}
+
+/// A record younger than this is never stale: `enable` on another node may
+/// not have tagged its container yet.
+const STALE_AFTER_SECS: u64 = 600;
 
 pub fn tag(token: &str) -> String {
     format!("{TAG_PREFIX}{token}")
@@ -107,10 +135,7 @@ impl Chains {
         let record = Record {
             chain: volume.to_string(),
             vmid: vmid.get(),
-            recorded_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            recorded_unix: now_unix(),
         };
         fsutil::ensure_private_dir(&self.dir)
             .with_context(|| "the cluster file system (writes need quorum)")?;
@@ -135,8 +160,11 @@ impl Chains {
     }
 
     /// Records whose token no container carries (`carried`): left by a
-    /// destroyed container, whose vmid may have been reused since.
-    pub fn stale(&self, carried: &[String]) -> Vec<(String, Option<Record>)> {
+    /// destroyed container, whose vmid may have been reused since. A recent
+    /// one counts only when this run released it (`released`: `disable`
+    /// took its tag away).
+    pub fn stale(&self, carried: &[String], released: &[String]) -> Vec<(String, Option<Record>)> {
+        let now = now_unix();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -152,10 +180,44 @@ impl Chains {
                 let record = self.get(&t).ok().flatten();
                 (t, record)
             })
+            .filter(|(t, record)| {
+                released.contains(t)
+                    || record
+                        .as_ref()
+                        .is_none_or(|r| now.saturating_sub(r.recorded_unix) >= STALE_AFTER_SECS)
+            })
             .collect();
         stale.sort_by(|a, b| a.0.cmp(&b.0));
         stale
     }
+}
+
+/// Where a chained hookscript is, checked as Proxmox's `check_hookscript`
+/// checks its own before a start: the storage exists, the file exists
+/// (symlinks followed) and is executable. Nothing stricter: a script
+/// Proxmox would run is run, wherever the admin keeps it.
+pub fn script_path(storages: &[Storage], volume: &str, storage_root: &Path) -> Result<PathBuf> {
+    let Some((_, path)) = storage::resolve_volume(storages, volume, storage_root) else {
+        bail!(
+            "storage '{}' does not exist",
+            volume.split(':').next().unwrap_or_default()
+        );
+    };
+    let meta = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.is_file())
+        .with_context(|| format!("script '{volume}' does not exist"))?;
+    if meta.permissions().mode() & 0o111 == 0 {
+        bail!("script '{volume}' is not executable");
+    }
+    Ok(path)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn is_snippet_volume(volume: &str) -> bool {
@@ -189,14 +251,27 @@ mod tests {
         );
         // A new container 101 (vmid reused) has no tag: no chain for it.
         assert_eq!(super::token(&PctConfig::parse("tags: ml\n")), None);
-        assert_eq!(chains.stale(std::slice::from_ref(&token)), []);
-        let stale = chains.stale(&[]);
-        assert_eq!(stale.len(), 1);
+        let carried = std::slice::from_ref(&token);
+        assert_eq!(chains.stale(carried, &[]), []);
+        assert_eq!(
+            chains.stale(&[], &[]),
+            [],
+            "too recent: not yet tagged, perhaps"
+        );
+        let stale = chains.stale(&[], carried);
+        assert_eq!(stale.len(), 1, "released by this run");
         assert_eq!(stale[0].1.as_ref().unwrap().vmid, 101);
         chains.remove(&token).unwrap();
         assert_eq!(chains.get(&token).unwrap(), None);
         assert!(chains.create(vmid, "local:iso/x.iso").is_err());
         assert_eq!(chains.get("../../etc/passwd").unwrap(), None);
         std::fs::remove_dir_all(&pve).unwrap();
+    }
+
+    #[test]
+    fn tokens_anywhere_in_a_config() {
+        let text = "tags: ml;nvidia-chain-0123456789ab\n[snap1]\ntags: nvidia-chain-abcdefabcdef nvidia-chain-XYZ\n[pve:pending]\ntags: nvidia-chain-0123456789ab,x\n";
+        assert_eq!(tokens_in(text), ["0123456789ab", "abcdefabcdef"]);
+        assert_eq!(tokens_in("tags: nvidia-chain-0123"), Vec::<String>::new());
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use crate::process::{self, Limits};
+use crate::storage::Storage;
 
 /// This node's name: pmxcfs links `<pve>/local` to `nodes/<name>`; without
 /// it (no cluster file system), the host's name.
@@ -23,42 +24,68 @@ pub fn node_name(pve: &Path) -> String {
         })
 }
 
-/// The cluster's nodes: the folders under `<pve>/nodes` (one when standalone).
+/// The cluster's nodes: the members pmxcfs lists in `<pve>/.members`
+/// (corosync's node list); without one, the folders under `<pve>/nodes`.
+/// The folders alone are not enough: `pvecm delnode` leaves a removed
+/// node's folder behind.
 pub fn nodes(pve: &Path) -> Vec<String> {
-    let mut nodes: Vec<String> = std::fs::read_dir(pve.join("nodes"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut nodes = members(pve).unwrap_or_else(|| {
+        std::fs::read_dir(pve.join("nodes"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
     nodes.sort();
     nodes
 }
 
-pub fn node_count(pve: &Path) -> usize {
-    nodes(pve).len().max(1)
+#[derive(Deserialize)]
+struct Members {
+    nodelist: Option<std::collections::BTreeMap<String, serde::de::IgnoredAny>>,
 }
 
-/// `datacenter.cfg`'s `tag-style`: how `pct set --tags` writes tags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TagStyle {
-    pub case_sensitive: bool,
+/// `.members`' node list; None without one (a standalone node's has none).
+fn members(pve: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read(pve.join(".members")).ok()?;
+    let members: Members = serde_json::from_slice(&text).ok()?;
+    Some(members.nodelist?.into_keys().collect())
 }
 
-pub fn tag_style(pve: &Path) -> TagStyle {
-    let text = std::fs::read_to_string(pve.join("datacenter.cfg")).unwrap_or_default();
-    let style = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tag-style:"))
-        .unwrap_or_default();
-    TagStyle {
-        case_sensitive: style
-            .split(',')
-            .filter_map(|kv| kv.trim().split_once('='))
-            .any(|(k, v)| k == "case-sensitive" && v == "1"),
-    }
+/// The nodes other than `this` on which `volume` (on `store`) does not
+/// exist, with why: a storage not configured for a node is not there (its
+/// `nodes` list); a shared one is the same everywhere else; a node-local
+/// one is asked through Proxmox's API, what that node's storage lists.
+pub fn nodes_lacking(
+    api: &Api,
+    nodes: &[String],
+    this: &str,
+    store: &Storage,
+    volume: &str,
+) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| *n != this)
+        .filter_map(|n| {
+            if !store.available_on(n) {
+                return Some(format!(
+                    "{n} (storage {} is not configured for it)",
+                    store.name
+                ));
+            }
+            if store.is_shared() {
+                return None;
+            }
+            match api.snippets(n, &store.name) {
+                Ok(volids) if volids.iter().any(|v| v == volume) => None,
+                Ok(_) => Some(n.clone()),
+                Err(e) => Some(format!("{n} (cannot ask it: {e:#})")),
+            }
+        })
+        .collect()
 }
 
 /// Proxmox's API through `pvesh`, which proxies a request for another node
@@ -118,25 +145,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tag_style_from_datacenter_cfg() {
-        let dir = std::env::temp_dir().join(format!("pnh-dc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(
-            !tag_style(&dir).case_sensitive,
-            "no file: Proxmox's default"
-        );
-        std::fs::write(
-            dir.join("datacenter.cfg"),
-            "keyboard: en-us\ntag-style: ordering=config,case-sensitive=1,shape=full\n",
-        )
-        .unwrap();
-        assert!(tag_style(&dir).case_sensitive);
-        std::fs::write(dir.join("datacenter.cfg"), "tag-style: case-sensitive=0\n").unwrap();
-        assert!(!tag_style(&dir).case_sensitive);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
     fn node_name_from_the_local_link() {
         let dir = std::env::temp_dir().join(format!("pnh-node-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("nodes/pve2")).unwrap();
@@ -144,6 +152,25 @@ mod tests {
         std::os::unix::fs::symlink("nodes/pve2", dir.join("local")).unwrap();
         assert_eq!(node_name(&dir), "pve2");
         assert_eq!(nodes(&dir), ["pve1", "pve2"]);
+        // pve3 was removed (its folder stays behind); pmxcfs lists the members.
+        std::fs::create_dir_all(dir.join("nodes/pve3")).unwrap();
+        std::fs::write(
+            dir.join(".members"),
+            r#"{"nodename": "pve2", "version": 7, "cluster": {"name": "c", "version": 3, "nodes": 2, "quorate": 1},
+"nodelist": {"pve1": {"id": 1, "online": 1, "ip": "10.0.0.1"}, "pve2": {"id": 2, "online": 0, "ip": "10.0.0.2"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(nodes(&dir), ["pve1", "pve2"]);
+        std::fs::write(
+            dir.join(".members"),
+            r#"{"nodename": "pve2", "version": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            nodes(&dir),
+            ["pve1", "pve2", "pve3"],
+            "standalone: no node list"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -104,6 +104,17 @@ impl Ctx {
         Ok(all)
     }
 
+    /// The config text of a container as [`Self::cluster_containers`] lists
+    /// it, unparsed: for what any of its sections names.
+    pub fn config_text_on(&self, node: &str, vmid: Vmid) -> Result<Option<String>> {
+        let pve = &self.config().paths.pve;
+        if crate::cluster::nodes(pve).is_empty() {
+            read_bounded(&pve.join(format!("lxc/{vmid}.conf")))
+        } else {
+            read_bounded(&pve.join(format!("nodes/{node}/lxc/{vmid}.conf")))
+        }
+    }
+
     fn resolve(&self, vmid: Vmid, path: &Path, text: &str) -> Result<Lookup> {
         let pct = PctConfig::parse(text);
         if pct.skipped_lines > 0 {

@@ -300,6 +300,20 @@ pub fn resolve_volume<'a>(
     Some((s, s.snippet_path(root, name)?))
 }
 
+/// Shared storages that allow snippets on `node`, to name in a fix.
+pub fn shared_snippet_storages(storages: &[Storage], node: &str) -> Vec<String> {
+    let shared: Vec<String> = storages
+        .iter()
+        .filter(|s| s.allows_snippets() && s.is_shared() && s.available_on(node))
+        .map(|s| s.name.clone())
+        .collect();
+    if shared.is_empty() {
+        vec!["<a shared storage with snippets content>".to_string()]
+    } else {
+        shared
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

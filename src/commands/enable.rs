@@ -22,7 +22,7 @@ use crate::error::usage;
 use crate::pct_config::PctConfig;
 use crate::process::{self, Limits};
 use crate::snippet::{is_ours, SNIPPET, SNIPPET_NAME};
-use crate::storage::{self, Storage};
+use crate::storage;
 use crate::vmid::Vmid;
 use crate::{fsutil, logging};
 
@@ -45,21 +45,21 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         .snippet_path(&paths.storage_root, SNIPPET_NAME)
         .ok_or_else(|| anyhow!("storage '{}' has no path", store.name))?;
     place_snippet(&snippet, args.dry_run)?;
-    if !store.is_shared() && nodes.len() > 1 {
+    if nodes.len() > 1 {
         if args.dry_run {
             println!(
                 "would check that every node ({}) has {volume}",
                 nodes.join(", ")
             );
         } else {
-            let lacking = nodes_lacking(&Api, &nodes, &node, &store.name, &volume);
+            let lacking = cluster::nodes_lacking(&Api, &nodes, &node, &store, &volume);
             if !lacking.is_empty() {
                 bail!(
-                    "{volume} is on node-local storage and does not exist on {}: Proxmox aborts a start there \
+                    "{volume} does not exist on {}: Proxmox aborts a start there \
                      (after a migration or an HA recovery). Install pve-nvidia-hook on those nodes (its package \
                      places the snippet in their local storage), or use a shared storage with snippets (--storage {})",
                     lacking.join("; "),
-                    shared_snippet_storages(&storages, &node).join("|")
+                    storage::shared_snippet_storages(&storages, &node).join("|")
                 );
             }
         }
@@ -69,42 +69,9 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         enable_one(&ctx, &chains, vmid, &volume, args)
     });
     if !args.dry_run {
-        clear_stale_chains(&ctx, &chains);
+        clear_stale_chains(&ctx, &chains, &[]);
     }
     Ok(code)
-}
-
-/// Other nodes that do not see the snippet, through Proxmox's API (what
-/// each node's storage lists), with why.
-pub fn nodes_lacking(
-    api: &Api,
-    nodes: &[String],
-    this: &str,
-    storage: &str,
-    volume: &str,
-) -> Vec<String> {
-    nodes
-        .iter()
-        .filter(|n| *n != this)
-        .filter_map(|n| match api.snippets(n, storage) {
-            Ok(volids) if volids.iter().any(|v| v == volume) => None,
-            Ok(_) => Some(n.clone()),
-            Err(e) => Some(format!("{n} (cannot ask it: {e:#})")),
-        })
-        .collect()
-}
-
-pub fn shared_snippet_storages(storages: &[Storage], node: &str) -> Vec<String> {
-    let shared: Vec<String> = storages
-        .iter()
-        .filter(|s| s.allows_snippets() && s.is_shared() && s.available_on(node))
-        .map(|s| s.name.clone())
-        .collect();
-    if shared.is_empty() {
-        vec!["<a shared storage with snippets content>".to_string()]
-    } else {
-        shared
-    }
 }
 
 fn enable_one(
@@ -177,16 +144,20 @@ fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
     let chains = Chains::new(&ctx.config().paths.pve);
+    let mut released = Vec::new();
     let code = super::for_each(&args.vmids, |vmid| {
-        disable_one(&ctx, &chains, vmid, args.dry_run)
+        released.extend(disable_one(&ctx, &chains, vmid, args.dry_run)?);
+        Ok(())
     });
     if !args.dry_run {
-        clear_stale_chains(&ctx, &chains);
+        clear_stale_chains(&ctx, &chains, &released);
     }
     Ok(code)
 }
 
-fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<()> {
+/// The chain token the container no longer carries, if any: its record
+/// goes once no other container (a clone, a restored copy) carries it.
+fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<Option<String>> {
     let target = ctx.container(vmid)?;
     let token = chain::token(&target.pct);
     match target.pct.hookscript() {
@@ -209,9 +180,6 @@ fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<
                 set.extend(without_tag(&target.pct, &chain::tag(t)));
             }
             pct(vmid, &set, dry_run)?;
-            if let (Some(t), false) = (&token, dry_run) {
-                chains.remove(t)?;
-            }
         }
         Some(other) => {
             println!("CT {vmid}: hookscript is {other}, not pve-nvidia-hook: left alone")
@@ -223,7 +191,8 @@ fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<
             "CT {vmid}: tag nvidia left in place (it only marks the container; the hook is gone)"
         );
     }
-    Ok(())
+    let ours = target.pct.hookscript().is_some_and(is_ours);
+    Ok(token.filter(|_| ours))
 }
 
 /// `--tags` without one tag (or `--delete tags` when none is left).
@@ -237,20 +206,24 @@ fn without_tag(pct: &PctConfig, tag: &str) -> Vec<String> {
 }
 
 /// Chain records no container carries any more (destroyed, perhaps with its
-/// vmid reused since): removed, so that nothing can ever run them.
-fn clear_stale_chains(ctx: &Ctx, chains: &Chains) {
-    let carried: Vec<String> = match ctx.cluster_containers() {
-        Ok(all) => all
-            .iter()
-            .filter_map(|(_, vmid)| ctx.lookup(*vmid).ok())
-            .filter_map(|l| match l {
-                crate::context::Lookup::Container(t) => chain::token(&t.pct),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => return,
+/// vmid reused since): removed, so that nothing can ever run them. A token
+/// counts as carried when any section of any container's config on any
+/// node names it (a snapshot rollback brings its tags back); when a config
+/// cannot be read, nothing is removed.
+fn clear_stale_chains(ctx: &Ctx, chains: &Chains, released: &[String]) {
+    let Ok(all) = ctx.cluster_containers() else {
+        return;
     };
-    for (token, record) in chains.stale(&carried) {
+    let mut carried = Vec::new();
+    for (node, vmid) in &all {
+        match ctx.config_text_on(node, *vmid) {
+            Ok(Some(text)) => carried.extend(chain::tokens_in(&text)),
+            // Gone since it was listed (destroyed, or migrating): cannot
+            // tell what it carries.
+            Ok(None) | Err(_) => return,
+        }
+    }
+    for (token, record) in chains.stale(&carried, released) {
         if chains.remove(&token).is_ok() {
             println!(
                 "removed the stale chain record {token}{} (no container carries its tag)",

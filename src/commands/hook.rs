@@ -7,14 +7,14 @@
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 
 use crate::chain::{self, Chains};
 use crate::container::driver;
 use crate::context::{Ctx, Lookup, Target};
 use crate::decision::{self, Action};
 use crate::vmid::Vmid;
-use crate::{detach, fsutil, logging, storage};
+use crate::{detach, logging, storage};
 
 pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
     logging::set_vmid(vmid);
@@ -134,46 +134,55 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
 /// tags carry names the record in the cluster file system), run first with
 /// the same two arguments, as Proxmox's `exec_hookscript` runs one: the
 /// caller's environment with `LC_ALL=C`, no input, its output in the task
-/// log. Its exit status; None when the container has no chain; an error
-/// when it has one that cannot be run (missing, not executable, a file
-/// others could have written, no record for its token).
+/// log. Its exit status; None when there is nothing to run: no chain, or a
+/// tag that names no record for this container (tags are not root's, so
+/// they never abort a start; logged). An error, as Proxmox would give for
+/// its own hookscript, when the recorded script cannot be run: no such
+/// storage, missing, not executable.
 fn run_chained(ctx: &Ctx, target: &Target, phase: &str) -> Result<Option<i32>> {
     let Some(token) = chain::token(&target.pct) else {
         return Ok(None);
     };
     let pve = &ctx.config().paths.pve;
-    let record = Chains::new(pve).get(&token)?.ok_or_else(|| {
-        anyhow!(
-            "the container's tag {} names no chain record in {}; run enable --chain again, or remove the tag",
-            chain::tag(&token),
-            pve.join("pve-nvidia-hook/chain").display()
-        )
-    })?;
-    let volume = &record.chain;
-    let storages = storage::load(pve)?;
-    let Some((_, path)) =
-        storage::resolve_volume(&storages, volume, &ctx.config().paths.storage_root)
-    else {
-        bail!(
-            "storage '{}' does not exist",
-            volume.split(':').next().unwrap_or_default()
-        );
+    let vmid = target.vmid;
+    let record = match Chains::new(pve).get(&token) {
+        Ok(Some(record)) if record.vmid == vmid.get() => record,
+        Ok(Some(record)) => {
+            log::error!(
+                "the tag {} names CT {}'s chained hookscript, not this container's (a clone, a \
+                 restore, or a copied tag): not run. To chain {} here: pct set {vmid} \
+                 --hookscript {} && pve-nvidia-hook enable --chain {vmid}",
+                chain::tag(&token),
+                record.vmid,
+                record.chain,
+                record.chain
+            );
+            return Ok(None);
+        }
+        Ok(None) => {
+            log::error!(
+                "the tag {} names no chain record in {}: no chained hookscript is run; \
+                 run enable --chain again, or remove the tag",
+                chain::tag(&token),
+                pve.join("pve-nvidia-hook/chain").display()
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            log::error!("{e:#}: no chained hookscript is run");
+            return Ok(None);
+        }
     };
-    // Proxmox's check_hookscript, word for word.
-    if !path.is_file() {
-        bail!("script '{volume}' does not exist");
-    }
-    let (file, meta) = fsutil::open_trusted(&path)
-        .map_err(|e| anyhow!("script '{volume}' ({}): {e}", path.display()))?;
-    drop(file);
-    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
-        bail!("script '{volume}' is not executable");
-    }
+    let path = chain::script_path(
+        &storage::load(pve)?,
+        &record.chain,
+        &ctx.config().paths.storage_root,
+    )?;
     let status = Command::new(&path)
-        .args([target.vmid.to_string().as_str(), phase])
+        .args([vmid.to_string().as_str(), phase])
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .status()
-        .map_err(|e| anyhow!("script '{volume}': {e}"))?;
+        .map_err(|e| anyhow!("script '{}': {e}", record.chain))?;
     Ok(Some(status.code().unwrap_or(1)))
 }

@@ -3,9 +3,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::fake_host::{FakeHost, TAGGED};
+use crate::fake_host::{set_mode, FakeHost, TAGGED};
 use crate::support::{expect_exit, text, write};
 
 const SNIPPET: &str = include_str!("../../hooks/pve-nvidia-hook");
@@ -203,22 +203,128 @@ fn a_reused_vmid_never_runs_or_restores_another_containers_chain() {
         !calls.exists(),
         "the old container's hookscript ran for the new one"
     );
+    // A record made minutes ago may belong to an `enable` on another node
+    // that has not tagged its container yet: kept.
+    assert!(host.run(&["disable", "169"]).status.success());
+    assert_eq!(chain_records(&host).len(), 1);
+    age_chain_records(&host);
     let out = host.run(&["disable", "169"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(
-        pct_log(&host).last().unwrap(),
-        "set 169 --delete hookscript"
-    );
     assert!(
         stdout(&out).contains("removed the stale chain record")
             && stdout(&out).contains("of CT 169 (local:snippets/site-hook)"),
         "{}",
         text(&out)
     );
-    let left: Vec<_> = std::fs::read_dir(host.path().join("pve/pve-nvidia-hook/chain"))
-        .unwrap()
+    assert!(chain_records(&host).is_empty());
+}
+
+fn chain_records(host: &FakeHost) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(host.path().join("pve/pve-nvidia-hook/chain"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Makes every chain record an hour old.
+fn age_chain_records(host: &FakeHost) {
+    for path in chain_records(host) {
+        let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let then = record["recorded_unix"].as_u64().unwrap() - 3600;
+        record["recorded_unix"] = then.into();
+        write(&path, record.to_string());
+    }
+}
+
+/// A clone, a restore under a new vmid or a copied tag carries another
+/// container's chain token: that container's hookscript never runs for it
+/// (only root may set a hookscript; anyone allowed to edit tags may copy
+/// one), and a tag that names no record at all aborts no start.
+#[test]
+fn a_chain_tag_runs_only_for_the_container_it_was_made_for() {
+    let host = FakeHost::new();
+    let vz = with_storage(&host);
+    host.container(171, "hostname: a\nhookscript: local:snippets/site-hook\n");
+    let calls = host.path().join("site-hook.calls");
+    write(
+        &vz.join("snippets/site-hook"),
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" >> '{}'\nexit 3\n",
+            calls.display()
+        ),
+    );
+    set_mode(&vz.join("snippets/site-hook"), 0o755);
+    assert!(host.run(&["enable", "--chain", "171"]).status.success());
+    let conf = std::fs::read_to_string(host.path().join("pve/lxc/171.conf")).unwrap();
+    // The clone: the same config under another vmid.
+    host.container(172, &conf);
+    let out = host.run(&["172", "pre-start"]);
+    expect_exit(
+        &out,
+        0,
+        "names CT 171's chained hookscript, not this container's",
+    );
+    assert!(!calls.exists(), "CT 171's hookscript ran for CT 172");
+    let doctor = host.run(&["doctor", "172"]);
+    assert!(
+        stdout(&doctor).contains("FAIL  CT 172: chained hook: the tag nvidia-chain-"),
+        "{}",
+        text(&doctor)
+    );
+    // Its own container still gets it, veto included.
+    expect_exit(&host.run(&["171", "pre-start"]), 3, "vetoed the start");
+    // The record gone: the tag aborts nothing.
+    for path in chain_records(&host) {
+        std::fs::remove_file(path).unwrap();
+    }
+    expect_exit(&host.run(&["171", "pre-start"]), 0, "names no chain record");
+}
+
+/// `disable` on one node of a cluster never clears the chain record of a
+/// container on another node (its config is under nodes/<other>/lxc, which
+/// this node's /etc/pve/lxc does not show), nor one that only a snapshot
+/// names; a record no config names is cleared.
+#[test]
+fn chain_records_of_other_nodes_and_snapshots_are_kept() {
+    let host = FakeHost::new();
+    with_storage(&host);
+    let pve = host.path().join("pve");
+    for node in ["a", "b"] {
+        std::fs::create_dir_all(pve.join(format!("nodes/{node}/lxc"))).unwrap();
+    }
+    std::os::unix::fs::symlink("nodes/a", pve.join("local")).unwrap();
+    std::os::unix::fs::symlink("nodes/a/lxc", pve.join("lxc")).unwrap();
+    let record = |token: &str, vmid: u32| {
+        write(
+            &pve.join(format!("pve-nvidia-hook/chain/{token}.json")),
+            json!({"chain": "local:snippets/site-hook", "vmid": vmid, "recorded_unix": 1})
+                .to_string(),
+        );
+    };
+    record("0000000000b1", 173);
+    record("0000000000a2", 174);
+    record("0000000000dd", 175);
+    write(
+        &pve.join("nodes/b/lxc/173.conf"),
+        "hostname: on-b\ntags: nvidia-chain-0000000000b1\nhookscript: local:snippets/pve-nvidia-hook\n",
+    );
+    host.container(
+        174,
+        "hostname: a\ntags: nvidia\n\n[before]\ntags: nvidia-chain-0000000000a2\nhookscript: local:snippets/site-hook\n",
+    );
+    let out = host.run(&["disable", "174"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut left: Vec<String> = chain_records(&host)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(left.is_empty());
+    left.sort();
+    assert_eq!(
+        left,
+        ["0000000000a2.json", "0000000000b1.json"],
+        "{}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("removed the stale chain record 0000000000dd of CT 175"));
 }
 
 #[test]

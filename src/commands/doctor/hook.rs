@@ -7,7 +7,6 @@ use std::os::unix::fs::MetadataExt;
 use super::{Level, Report};
 use crate::chain::{self, Chains};
 use crate::cluster::{self, Api};
-use crate::commands::enable::{nodes_lacking, shared_snippet_storages};
 use crate::context::{Ctx, Target};
 use crate::snippet::is_ours;
 use crate::storage::{self, Storage};
@@ -86,39 +85,34 @@ fn snippet_on_every_node(
     let nodes = cluster::nodes(&paths.pve);
     if nodes.len() > 1 {
         let this = cluster::node_name(&paths.pve);
-        if store.is_shared() {
+        let lacking = cluster::nodes_lacking(&Api, &nodes, &this, store, volume);
+        if lacking.is_empty() {
+            let how = if store.is_shared() {
+                "on shared storage"
+            } else {
+                "on node-local storage"
+            };
             report.add(
                 scope,
                 "cluster",
                 Level::Ok,
-                format!("{volume} is on shared storage: every node has it"),
+                format!("every node ({}) has {volume} ({how})", nodes.join(", ")),
                 None,
             );
         } else {
-            let lacking = nodes_lacking(&Api, &nodes, &this, &store.name, volume);
-            if lacking.is_empty() {
-                report.add(
-                    scope,
-                    "cluster",
-                    Level::Ok,
-                    format!("every node ({}) has {volume}", nodes.join(", ")),
-                    None,
-                );
-            } else {
-                report.add(
-                    scope,
-                    "cluster",
-                    Level::Fail,
-                    format!(
-                        "{volume} is on node-local storage and missing on {}: the container cannot start there (migration, HA recovery)",
-                        lacking.join("; ")
-                    ),
-                    Some(format!(
-                        "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
-                        shared_snippet_storages(storages, &this).join("|")
-                    )),
-                );
-            }
+            report.add(
+                scope,
+                "cluster",
+                Level::Fail,
+                format!(
+                    "{volume} is missing on {}: the container cannot start there (migration, HA recovery)",
+                    lacking.join("; ")
+                ),
+                Some(format!(
+                    "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
+                    storage::shared_snippet_storages(storages, &this).join("|")
+                )),
+            );
         }
     }
     Some(path)
@@ -140,13 +134,31 @@ fn chain_checks(
         return;
     };
     let record = match chains.get(&token) {
-        Ok(Some(r)) => r,
+        Ok(Some(r)) if r.vmid == vmid.get() => r,
+        Ok(Some(r)) => {
+            report.add(
+                scope,
+                "chained hook",
+                Level::Fail,
+                format!(
+                    "the tag {} names CT {}'s chained hookscript ({}), which never runs for this container",
+                    chain::tag(&token),
+                    r.vmid,
+                    r.chain
+                ),
+                Some(format!(
+                    "pct set {vmid} --hookscript {} && pve-nvidia-hook enable --chain {vmid}, or remove the tag",
+                    r.chain
+                )),
+            );
+            return;
+        }
         Ok(None) => {
             report.add(
                 scope,
                 "chained hook",
                 Level::Fail,
-                format!("the tag {} names no chain record: pre-start is aborted", chain::tag(&token)),
+                format!("the tag {} names no chain record: no chained hookscript runs", chain::tag(&token)),
                 Some(format!("pve-nvidia-hook enable --chain {vmid} after setting its hookscript back, or remove the tag")),
             );
             return;
@@ -156,39 +168,26 @@ fn chain_checks(
             return;
         }
     };
+    if let Err(e) = chain::script_path(storages, &record.chain, &paths.storage_root) {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Fail,
+            format!("{e:#}: pre-start is aborted, as Proxmox would"),
+            None,
+        );
+        return;
+    }
     let lacking = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
-        None => {
-            report.add(
-                scope,
-                "chained hook",
-                Level::Fail,
-                format!("{}: no such storage: pre-start is aborted", record.chain),
-                None,
-            );
-            return;
-        }
-        Some((store, path)) => {
-            let runs = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0);
-            if !runs {
-                report.add(
-                    scope,
-                    "chained hook",
-                    Level::Fail,
-                    format!(
-                        "{} is missing or not executable: pre-start is aborted, as Proxmox would",
-                        path.display()
-                    ),
-                    None,
-                );
-                return;
-            }
+        None => Vec::new(),
+        Some((store, _)) => {
             let nodes = cluster::nodes(&paths.pve);
-            if nodes.len() > 1 && !store.is_shared() {
-                nodes_lacking(
+            if nodes.len() > 1 {
+                cluster::nodes_lacking(
                     &Api,
                     &nodes,
                     &cluster::node_name(&paths.pve),
-                    &store.name,
+                    store,
                     &record.chain,
                 )
             } else {
