@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
@@ -26,7 +27,13 @@ pub fn run(config: Option<&Path>, vmid: Vmid) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("container is not running"))?;
     let exec = LxcAttach::new(vmid)?;
     let cuda = target.settings.cuda.is_some();
-    let verified = pipeline::verify(&exec, &root, &host, &target.settings)?;
+    let verified = pipeline::verify(
+        &exec,
+        &root,
+        &host,
+        &target.settings,
+        Duration::from_secs(target.settings.command_timeout_secs),
+    )?;
     println!(
         "CT {vmid}: nvidia-smi reports {}, the host's module is {host}: OK{}; {}",
         verified.reported,

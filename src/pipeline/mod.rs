@@ -104,7 +104,7 @@ pub fn run(job: &Job) -> Result<()> {
         })?;
     }
     stage("verify", || {
-        let verified = verify(job.exec, job.root, job.host, job.settings)?;
+        let verified = verify(job.exec, job.root, job.host, job.settings, job.quick()?)?;
         log::info!("the container has {}", verified.capabilities());
         Ok(())
     })

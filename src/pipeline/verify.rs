@@ -37,14 +37,15 @@ impl Verified {
     }
 }
 
-/// The whole driver as workloads will meet it.
+/// The whole driver as workloads will meet it; `quick` is each command's
+/// limit (in an install, what is left of its budget).
 pub fn verify(
     exec: &dyn Exec,
     root: &RootFs,
     host: &DriverVersion,
     settings: &Settings,
+    quick: Duration,
 ) -> Result<Verified> {
-    let quick = Duration::from_secs(settings.command_timeout_secs);
     // The host's own driver, bind-mounted: no record of an install to read;
     // what workloads get is what nvidia-smi and the nodes say.
     if let InstalledDriver::HostProvided(_) = driver::detect_in(root) {

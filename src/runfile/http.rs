@@ -44,14 +44,27 @@ pub fn agent(limits: &Limits, https_only: bool) -> ureq::Agent {
         .build()
 }
 
-/// NVIDIA's `<runfile>.sha256sum` (`<hex>  <name>`), None when absent.
+/// NVIDIA's `<runfile>.sha256sum` (`<hex>  <name>`), None when absent
+/// beside a runfile that exists (the datacenter path publishes none);
+/// [`Attempt::NotFound`] when the runfile itself is not there either, so
+/// that the next source is tried.
 pub fn published_digest(
     agent: &ureq::Agent,
     url: &str,
     log: &dyn Fn(&str),
 ) -> Result<Option<String>, Attempt> {
     let sum_url = format!("{url}.sha256sum");
-    let response = get_with_retries(agent, &sum_url, log)?;
+    let response = match get_with_retries(agent, &sum_url, log) {
+        Ok(response) => response,
+        Err(Attempt::NotFound) => {
+            return match agent.head(url).call() {
+                Err(ureq::Error::Status(404, _)) => Err(Attempt::NotFound),
+                // Anything else is the download's to report.
+                _ => Ok(None),
+            };
+        }
+        Err(e) => return Err(e),
+    };
     let mut text = String::new();
     response
         .into_reader()
@@ -356,6 +369,58 @@ mod tests {
         };
         assert!(err.contains("redirected to plain http; refused"), "{err}");
         assert!(listener.accept().is_err(), "nothing connected");
+    }
+
+    /// Answers each request on `listener` with the status `answer` gives
+    /// for its request line.
+    fn serve(listener: std::net::TcpListener, answer: fn(&str) -> u16) {
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+                loop {
+                    let mut header = String::new();
+                    match std::io::BufRead::read_line(&mut reader, &mut header) {
+                        Ok(n) if n > 2 => {}
+                        _ => break,
+                    }
+                }
+                let code = answer(&line);
+                let _ = std::io::Write::write_all(
+                    &mut &stream,
+                    format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn no_published_digest_beside_a_runfile_that_exists() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        serve(listener, |line| {
+            if line.contains(".sha256sum") || line.contains("/gone.run") {
+                404
+            } else {
+                200
+            }
+        });
+        let limits = Limits {
+            stall: Duration::from_secs(5),
+            total: Duration::from_secs(5),
+            max_bytes: 1,
+        };
+        let agent = agent(&limits, false);
+        assert!(matches!(
+            published_digest(&agent, &format!("{base}/here.run"), &|_| {}),
+            Ok(None)
+        ));
+        assert!(matches!(
+            published_digest(&agent, &format!("{base}/gone.run"), &|_| {}),
+            Err(Attempt::NotFound)
+        ));
     }
 
     #[test]

@@ -214,7 +214,8 @@ pub fn publishes_digest(url: &str) -> Result<bool> {
 /// The setting to write to pin a runfile's digest.
 pub fn pin_hint(version: &str) -> String {
     format!(
-        "\"runfile_sha256\": {{\"{version}\": \"<the sha256 from NVIDIA's download page>\"}} in /etc/pve-nvidia-hook/config.json"
+        "\"runfile_sha256\": {{\"{version}\": \"<the sha256 from NVIDIA's download page>\"}} in the configuration ({} unless --config says otherwise)",
+        crate::config::DEFAULT_CONFIG_PATH
     )
 }
 
