@@ -34,6 +34,7 @@ use anyhow::Result;
 use cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    process::close_inherited_on_exec();
     let quiet = matches!(
         cli.command,
         Some(Command::Status(_) | Command::Verify(_) | Command::Doctor(_))

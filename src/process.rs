@@ -112,6 +112,29 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Descriptors this process inherited without close-on-exec (a shell may
+/// leak some) get it, so that none reaches a program it starts, and through
+/// `lxc-attach` a container. Called first thing, while no other thread runs.
+pub fn close_inherited_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: only the flags of a descriptor number change; one closed
+        // since it was listed (the listing's own) gives EBADF, ignored, and
+        // no other thread runs yet to open another under that number.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
+            let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);
+        }
+    }
+}
+
 pub fn run(program: &Path, args: &[&str], limits: Limits) -> Result<Output> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     run_with(program, &args, None, limits)
@@ -128,11 +151,10 @@ pub fn run_with(
         .env_clear()
         .env("PATH", SAFE_PATH)
         .env("LC_ALL", "C")
-        .stdin(if feed.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        // Never the host's /dev/null: a container's root (host root in a
+        // privileged one) could fchmod or fchown what it is handed. A pipe
+        // of ours is nothing to anyone; without input, it is closed at once.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe and touches no memory of ours. A
@@ -155,6 +177,7 @@ pub fn run_with(
                 // Dropping the pipe here is the child's end of input.
             }))
         }
+        // Dropping the pipe is the end of input.
         _ => None,
     };
 

@@ -13,11 +13,12 @@
 //! These reads are synchronous; [`super::rootfs::RootFs`] runs them on a
 //! worker thread with a deadline.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
 use rustix::io::Errno;
@@ -39,9 +40,20 @@ pub enum Kind {
 
 /// The synchronous reader, owned by the worker thread of a
 /// [`RootFs`](super::rootfs::RootFs).
+///
+/// A mount's id is reused once the mount is gone: a table read earlier
+/// may describe, under the id a path crosses now, a tmpfs the tenant has
+/// since unmounted and replaced with its FUSE mount. So a mount is judged
+/// by a table read while a descriptor of it is held (an open descriptor
+/// keeps the mount, and so its id, alive), and that descriptor is kept for
+/// as long as the reader lives: an id judged once means the same mount.
 pub struct Confined {
     root: OwnedFd,
+    /// The table as it was at open (what is mounted where, for callers).
     mounts: MountTable,
+    mountinfo: PathBuf,
+    /// Mounts crossed and judged local, held open.
+    crossed: RefCell<HashMap<u64, OwnedFd>>,
 }
 
 const MAX_LINKS: usize = 40;
@@ -87,17 +99,40 @@ fn split(path: &str) -> impl DoubleEndedIterator<Item = &str> {
 }
 
 impl Confined {
-    /// `dir` is the container's root (`/proc/<pid>/root`); `mounts` its mount
-    /// table. The root itself must be on a local file system.
-    pub fn open(dir: &Path, mounts: MountTable) -> io::Result<Confined> {
+    /// `dir` is the container's root (`/proc/<pid>/root`); `mountinfo` its
+    /// mount table (`/proc/<pid>/mountinfo`), read once the root is held.
+    /// The root itself must be on a local file system.
+    pub fn open(dir: &Path, mountinfo: &Path) -> io::Result<Confined> {
         let root = rustix::fs::open(
             dir,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let mounts = MountTable::read(mountinfo)?;
         let id = stat(&root, StatxFlags::MNT_ID)?.stx_mnt_id;
         mounts.check_local(id).map_err(untrusted)?;
-        Ok(Confined { root, mounts })
+        Ok(Confined {
+            root,
+            mounts,
+            mountinfo: mountinfo.to_path_buf(),
+            crossed: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Judges the mount `fd` (just crossed into) is on: local, by a table
+    /// read now, while `fd` holds it.
+    fn judge_mount(&self, fd: &OwnedFd) -> io::Result<()> {
+        let id = stat(fd, StatxFlags::MNT_ID)?.stx_mnt_id;
+        if self.crossed.borrow().contains_key(&id) {
+            return Ok(());
+        }
+        MountTable::read(&self.mountinfo)?
+            .check_local(id)
+            .map_err(untrusted)?;
+        self.crossed
+            .borrow_mut()
+            .insert(id, rustix::io::fcntl_dupfd_cloexec(fd, 0)?);
+        Ok(())
     }
 
     pub fn mounts(&self) -> &MountTable {
@@ -172,8 +207,7 @@ impl Confined {
         match openat2(dir, name, flags, resolve | ResolveFlags::NO_XDEV) {
             Err(e) if e.raw_os_error() == Some(Errno::XDEV.raw_os_error()) => {
                 let fd = openat2(dir, name, flags, resolve)?;
-                let id = stat(&fd, StatxFlags::MNT_ID)?.stx_mnt_id;
-                self.mounts.check_local(id).map_err(untrusted)?;
+                self.judge_mount(&fd)?;
                 Ok(fd)
             }
             other => other,
@@ -381,8 +415,41 @@ pub(crate) mod tests {
     /// A folder standing for a container root, with this process's own
     /// mount table (the folder is on one of its mounts).
     pub(crate) fn confined(dir: &Path) -> Confined {
-        let mounts = MountTable::read(Path::new("/proc/self/mountinfo")).unwrap();
-        Confined::open(dir, mounts).unwrap()
+        Confined::open(dir, Path::new("/proc/self/mountinfo")).unwrap()
+    }
+
+    /// A mount is judged by the table as it is when the path crosses it,
+    /// and once judged it stays held, so its id cannot come to name another.
+    #[test]
+    fn a_mount_is_judged_when_crossed_and_then_held() {
+        let dir = tempdir("mountinfo");
+        let table = dir.join("mountinfo");
+        let real = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let proc_as = |fstype: &str| -> String {
+            real.lines()
+                .map(|l| match l.split_once(" - ") {
+                    Some((head, tail)) if head.split(' ').nth(4) == Some("/proc") => {
+                        let rest = tail.split_once(' ').map_or("", |(_, r)| r);
+                        format!("{head} - {fstype} {rest}\n")
+                    }
+                    _ => format!("{l}\n"),
+                })
+                .collect()
+        };
+        // At open, /proc is listed as a tmpfs; by the time a path crosses
+        // it, as the tenant's FUSE mount: the later table counts.
+        std::fs::write(&table, proc_as("tmpfs")).unwrap();
+        let fs = Confined::open(Path::new("/"), &table).unwrap();
+        std::fs::write(&table, proc_as("fuse.blackhole")).unwrap();
+        let err = fs.kind("/proc/self/status").unwrap_err().to_string();
+        assert!(err.contains("fuse.blackhole mount"), "{err}");
+        // Judged local while held: a later table changes nothing.
+        std::fs::write(&table, proc_as("tmpfs")).unwrap();
+        let fs = Confined::open(Path::new("/"), &table).unwrap();
+        assert_eq!(fs.kind("/proc/self/status").unwrap(), Kind::File);
+        std::fs::write(&table, proc_as("fuse.blackhole")).unwrap();
+        assert_eq!(fs.kind("/proc/self/status").unwrap(), Kind::File);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::confined::{Confined, Kind};
-use super::mounts::MountTable;
 
 type Work = Box<dyn FnOnce(&Confined) + Send>;
 
@@ -42,7 +41,7 @@ impl RootFs {
         std::thread::Builder::new()
             .name("container-reads".into())
             .spawn(move || {
-                let confined = MountTable::read(&mountinfo).and_then(|m| Confined::open(&root, m));
+                let confined = Confined::open(&root, &mountinfo);
                 let confined = match confined {
                     Ok(c) => {
                         let _ = ready.send(Ok(()));

@@ -51,7 +51,19 @@ fn planted_locks_never_read_as_installing_and_loose_lock_folders_are_refused() {
         .args(["sleep", "60"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Held for sure before looking: a second flock cannot take it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n", "-s"])
+        .arg(&planted)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "flock never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         host.status_json(180)["state"],
         "missing",
@@ -64,6 +76,44 @@ fn planted_locks_never_read_as_installing_and_loose_lock_folders_are_refused() {
     std::fs::remove_file(&planted).unwrap();
     let out = host.run(&["install", "180"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Issue 10: a container is handed no host file: its commands' input is a
+/// pipe of ours, not the host's /dev/null (root in a privileged container
+/// could chmod what it is handed), and a descriptor the admin's shell
+/// leaked reaches no command.
+#[test]
+fn no_host_file_is_handed_to_a_container() {
+    let host = FakeHost::new();
+    host.container(189, TAGGED);
+    let leaked = host.path().join("host-secret");
+    write(&leaked, "secret");
+    // The hook as a shell with fd 7 open (no close-on-exec) starts it.
+    let hook = host.command(&["install", "189"]);
+    let mut wrapped = Command::new("sh");
+    wrapped
+        .arg("-c")
+        .arg("exec 7<\"$1\"; shift; exec \"$@\"")
+        .arg("sh")
+        .arg(&leaked)
+        .arg(hook.get_program())
+        .args(hook.get_args());
+    for (key, value) in hook.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    let out = wrapped.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let fds = std::fs::read_to_string(host.path().join("fds.log")).unwrap();
+    let input = fds
+        .lines()
+        .find(|l| l.contains(" 0 -> "))
+        .unwrap_or_default();
+    assert!(input.contains("pipe:"), "stdin: {input}\n{fds}");
+    assert!(!fds.contains("/dev/null"), "{fds}");
+    assert!(!fds.contains("host-secret"), "a leaked descriptor: {fds}");
 }
 
 /// Issue 10.6: a tenant's slow apt holds no install slot: another
