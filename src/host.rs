@@ -106,21 +106,12 @@ impl Host {
             .then_some(init)
     }
 
-    /// `/proc/<pid>/cgroup` places the process in the container's cgroup
-    /// (`lxc/<vmid>/...` as Proxmox lays it out, `lxc.payload.<vmid>` as LXC does).
+    /// `/proc/<pid>/cgroup` places the process in the container's cgroup.
     fn in_container_cgroup(&self, pid: u32, vmid: Vmid) -> bool {
         let Ok(Some(text)) = read_small(&self.proc.join(format!("{pid}/cgroup"))) else {
             return false;
         };
-        let vmid = vmid.to_string();
-        let payload = format!("lxc.payload.{vmid}");
-        text.lines()
-            .filter_map(|l| l.splitn(3, ':').nth(2))
-            .any(|path| {
-                let parts: Vec<&str> = path.split('/').collect();
-                parts.windows(2).any(|w| w[0] == "lxc" && w[1] == vmid)
-                    || parts.contains(&payload.as_str())
-            })
+        cgroups_are_containers(&text, vmid)
     }
 
     /// Breadth-first through at most a few dozen cgroups: a container may
@@ -218,5 +209,48 @@ fn read_small(path: &Path) -> Result<Option<String>> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// `/proc/<pid>/cgroup`'s text places the process in the container's
+/// cgroup (`lxc/<vmid>/...` as Proxmox lays it out, `lxc.payload.<vmid>` as
+/// LXC does).
+fn cgroups_are_containers(text: &str, vmid: Vmid) -> bool {
+    let vmid = vmid.to_string();
+    let payload = format!("lxc.payload.{vmid}");
+    text.lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        // Anchored at the top: container 101 may make itself a cgroup
+        // `/lxc/101/ns/lxc/102`, which is not container 102's.
+        .any(|path| {
+            let mut parts = path.split('/').skip_while(|p| p.is_empty());
+            match parts.next() {
+                Some("lxc") => parts.next() == Some(vmid.as_str()),
+                Some(top) => top == payload,
+                None => false,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_containers_cgroup_is_anchored_at_the_top() {
+        let ct = |n: u32| Vmid::try_from(n).unwrap();
+        assert!(cgroups_are_containers("0::/lxc/101/ns\n", ct(101)));
+        assert!(cgroups_are_containers(
+            "12:pids:/lxc/101/ns/init.scope\n0::/lxc/101/ns\n",
+            ct(101)
+        ));
+        assert!(cgroups_are_containers("0::/lxc.payload.101\n", ct(101)));
+        assert!(!cgroups_are_containers("0::/lxc/101/ns/lxc/102\n", ct(102)));
+        assert!(!cgroups_are_containers("0::/lxc/1011/ns\n", ct(101)));
+        assert!(!cgroups_are_containers(
+            "0::/lxc.payload.101/lxc.payload.102\n",
+            ct(102)
+        ));
+        assert!(!cgroups_are_containers("0::/\n", ct(101)));
     }
 }

@@ -112,20 +112,44 @@ impl Log for Logger {
 
 /// One event, one line, and nothing a terminal acts on: line breaks become
 /// ` | `, every other control character (escape sequences, backspace, C1
-/// controls) is written as its escape. Much of what is logged comes from a
-/// container (program output, file names, package names).
+/// controls) and every bidirectional override (which would show a line in
+/// another order than it is) is written as its escape. Much of what is
+/// logged comes from a container (program output, file names, package
+/// names).
 pub fn sanitize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '\r' => {}
             '\n' => out.push_str(" | "),
-            c if c.is_control() => out.extend(c.escape_default()),
+            c if c.is_control() || is_bidi_control(c) => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
     out
 }
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// [`sanitize`]d, and at most `max` bytes: for text from a container that
+/// is kept (results, what a node publishes) or printed as JSON.
+pub fn bounded(text: &str, max: usize) -> String {
+    let mut clean = sanitize(text);
+    if clean.len() > max {
+        let mut end = max.saturating_sub(" …".len());
+        while !clean.is_char_boundary(end) {
+            end -= 1;
+        }
+        clean.truncate(end);
+        clean.push_str(" …");
+    }
+    clean
+}
+
+/// How much of a detail is kept or shown.
+pub const DETAIL_MAX: usize = 2048;
 
 /// A size for a person: `83 KB`, `412 MB`, `4.2 GB` (powers of 1000).
 pub fn size(bytes: u64) -> String {
@@ -203,6 +227,21 @@ mod tests {
         );
         assert_eq!(sanitize("tab\there"), "tab\\there");
         assert_eq!(sanitize("plain ünïcode"), "plain ünïcode");
+        assert_eq!(
+            sanitize("evil\u{202e}txt.exe\u{2066}"),
+            "evil\\u{202e}txt.exe\\u{2066}"
+        );
+    }
+
+    #[test]
+    fn bounded_details() {
+        assert_eq!(bounded("short\n", 100), "short | ");
+        let long = bounded(&"é".repeat(5000), DETAIL_MAX);
+        assert!(
+            long.len() <= DETAIL_MAX && long.ends_with(" …"),
+            "{}",
+            long.len()
+        );
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub fn publish(
     });
     state.host_version = host.map(|v| v.to_string());
     state.updated_unix = now();
-    for (vmid, s) in seen {
+    for (vmid, mut s) in seen {
+        s.detail = s
+            .detail
+            .map(|d| crate::logging::bounded(&d, crate::logging::DETAIL_MAX));
         state.containers.insert(vmid.to_string(), s);
     }
     fsutil::ensure_private_dir(&dir(pve))

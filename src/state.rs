@@ -32,8 +32,19 @@ impl Locks {
     }
 
     /// The container's install lock, or None when another process holds it.
+    ///
+    /// `status` looks with a shared lock for an instant; an install that
+    /// comes at that instant tries a little longer before it concludes that
+    /// another install holds it.
     pub fn try_container(&self, vmid: Vmid) -> Result<Option<Held>> {
-        try_lock(&self.dir, &format!("{vmid}.lock"))
+        let name = format!("{vmid}.lock");
+        for _ in 0..20 {
+            if let Some(held) = try_lock(&self.dir, &name)? {
+                return Ok(Some(held));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        try_lock(&self.dir, &name)
     }
 
     /// True while some process holds the container's install lock. Only a
@@ -176,7 +187,7 @@ impl Results {
             ok: outcome.is_ok(),
             message: match outcome {
                 Ok(()) => "installed".to_string(),
-                Err(e) => format!("{e:#}"),
+                Err(e) => crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
             },
             finished_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

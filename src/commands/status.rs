@@ -15,6 +15,7 @@ use crate::cluster::{self, Api};
 use crate::container::driver::{self, InstalledDriver};
 use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Observed, Reason, State};
+use crate::logging;
 use crate::published::{self, Seen};
 use crate::snippet::is_ours;
 use crate::version::DriverVersion;
@@ -172,7 +173,7 @@ fn row(ctx: &Ctx, vmid: Vmid, node: &str, host: Option<&DriverVersion>) -> Resul
             .and_then(|i| i.version().map(|v| v.to_string())),
         state: Some(state),
         hookscript: target.pct.hookscript().map(str::to_owned),
-        detail,
+        detail: detail.map(|d| logging::bounded(&d, logging::DETAIL_MAX)),
         reported_unix: None,
     }))
 }

@@ -57,6 +57,7 @@ pub struct Confined {
 }
 
 const MAX_LINKS: usize = 40;
+const MAX_DIRS: usize = 256;
 
 fn untrusted(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, why)
@@ -311,6 +312,13 @@ impl Confined {
                     Some((d, n)) if !n.is_empty() && n != "." && n != ".." => (d, n),
                     _ => return self.kind(path),
                 };
+                // Each folder is held open: a record that names thousands of
+                // folders (a driver's has a few dozen) is not one to follow.
+                if dirs.len() >= MAX_DIRS && !dirs.contains_key(dir) {
+                    return Err(io::Error::other(
+                        "the record names more folders than a driver has",
+                    ));
+                }
                 let entry = dirs.entry(dir).or_insert_with(|| {
                     let fd = self.lookup(if dir.is_empty() { "/" } else { dir }, true)?;
                     let id = stat(&fd, StatxFlags::MNT_ID)?.stx_mnt_id;
@@ -326,7 +334,7 @@ impl Confined {
                 match rustix::fs::statx(
                     &*dirfd,
                     name,
-                    AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
+                    AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT | AtFlags::STATX_DONT_SYNC,
                     StatxFlags::TYPE | StatxFlags::MNT_ID,
                 ) {
                     Ok(st) if st.stx_mnt_id != *dir_mount => Ok(Kind::Other),

@@ -340,10 +340,21 @@ pub fn inspect(root: &RootFs) -> io::Result<Inspection> {
     })
 }
 
+/// Larger than any file of a driver (the largest, libcuda and the
+/// compilers, are some hundred MB): a sparse file of the tenant's would
+/// keep the reader busy long past its deadline.
+const MAX_DRIVER_FILE: u64 = 4 << 30;
+
 fn file_crc(c: &Confined, path: &str) -> io::Result<Option<u32>> {
-    let Some((mut f, size)) = c.open_file(path)? else {
+    let Some((f, size)) = c.open_file(path)? else {
         return Ok(None);
     };
+    if size > MAX_DRIVER_FILE {
+        return Err(io::Error::other(format!(
+            "{size} bytes, larger than any file of a driver"
+        )));
+    }
+    let mut f = f.take(size);
     let mut crc = Crc::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -76,8 +76,12 @@ pub fn soname<R: Read + Seek>(f: &mut R) -> Option<String> {
     let strtab = strtab?;
     let &(_, seg_offset, seg_vaddr, _) = headers
         .iter()
-        .find(|h| h.0 == PT_LOAD && h.2 <= strtab && strtab < h.2 + h.3)?;
-    let table = read_at(f, strtab - seg_vaddr + seg_offset, strsz?.min(MAX_TABLE))?;
+        .find(|h| h.0 == PT_LOAD && h.2 <= strtab && strtab < h.2.saturating_add(h.3))?;
+    let table = read_at(
+        f,
+        (strtab - seg_vaddr).checked_add(seg_offset)?,
+        strsz?.min(MAX_TABLE),
+    )?;
     let name = table.get(usize::try_from(soname?).ok()?..)?;
     let end = name.iter().position(|&b| b == 0)?;
     String::from_utf8(name[..end].to_vec()).ok()

@@ -74,12 +74,22 @@ pub fn verify(
         );
     }
     if let Some((first, rest)) = inspection.problems.split_first() {
+        // A record lists thousands of files: name a few, count the rest.
+        const NAMED: usize = 5;
         bail!(
-            "the installation is not whole: {first}{}",
+            "the installation is not whole: {first}{}{}",
             match rest.len() {
                 0 => String::new(),
-                n => format!("; and {n} more: {}", rest.join("; ")),
-            }
+                n => format!(
+                    "; and {n} more: {}",
+                    rest.iter()
+                        .take(NAMED)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            },
+            if rest.len() > NAMED { "; …" } else { "" }
         );
     }
     let reported = verify_driver(exec, root, host, quick)?;

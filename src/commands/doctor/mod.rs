@@ -55,7 +55,8 @@ impl Report {
             scope: scope.to_string(),
             check,
             level,
-            detail: detail.into(),
+            // What a container said may be in it, and --json prints it as is.
+            detail: crate::logging::bounded(&detail.into(), 4 * crate::logging::DETAIL_MAX),
             fix,
         });
     }
