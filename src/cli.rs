@@ -16,7 +16,7 @@ use crate::vmid::Vmid;
     after_help = "Hookscript mode: registered with `pct set <vmid> --hookscript local:snippets/pve-nvidia-hook`, \
 Proxmox runs it as `pve-nvidia-hook <VMID> <PHASE>`. Only post-start does work: it checks that the \
 container's NVIDIA user-space driver matches the host's kernel module and installs it when not, \
-in the background. pre-start, pre-stop and post-stop exit 0 at once.\n\n\
+in the background. A hookscript kept with `enable --chain` runs first in every phase.\n\n\
 Exit status: 0 ok or nothing to do, 1 failure at run time, 2 usage or configuration error."
 )]
 pub struct Cli {
@@ -41,7 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the install pipeline in the foreground.
     Install(InstallArgs),
-    /// Check that nvidia-smi inside the container reports the host's version.
+    /// Check the container's driver as workloads meet it: its files, the
+    /// host's version from nvidia-smi, the device nodes.
     Verify(VerifyArgs),
     /// Show each container's NVIDIA state.
     Status(StatusArgs),

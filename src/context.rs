@@ -48,7 +48,7 @@ impl Ctx {
         Ok(Ctx {
             host: Host::new(&p.sys, &p.proc),
             locks: Locks::new(&p.lock),
-            results: Results::new(&p.log),
+            results: Results::new(&p.state),
             loaded,
         })
     }

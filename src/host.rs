@@ -14,11 +14,22 @@ use crate::process::{self, Limits};
 use crate::version::{self, DriverVersion};
 use crate::vmid::Vmid;
 
+/// Where the host's version was read: `doctor` says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionSource {
     SysModule,
     ProcDriver,
     NvidiaSmi,
+}
+
+impl std::fmt::Display for VersionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VersionSource::SysModule => "/sys/module/nvidia/version",
+            VersionSource::ProcDriver => "/proc/driver/nvidia/version",
+            VersionSource::NvidiaSmi => "nvidia-smi",
+        })
+    }
 }
 
 pub struct Host {

@@ -23,8 +23,8 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 
 pub struct Options {
     pub verbose: bool,
-    /// Quiet by default (warnings only): for `status` and `verify`, whose
-    /// answer is their output.
+    /// Quiet by default (warnings only): for `status`, `verify` and
+    /// `doctor`, whose answer is their output.
     pub quiet: bool,
     /// Prefix stderr lines with a UTC timestamp (the background install's
     /// stderr is a log file).
@@ -59,6 +59,16 @@ pub fn set_vmid(vmid: Vmid) {
 }
 
 /// Reports a fatal error through the logger when there is one.
+/// `CT <vmid>: <text>`, once: an error may already name its container.
+pub fn scoped(vmid: Vmid, text: &str) -> String {
+    let prefix = format!("CT {vmid}: ");
+    if text.starts_with(&prefix) {
+        text.to_string()
+    } else {
+        prefix + text
+    }
+}
+
 pub fn report_error(err: &anyhow::Error) {
     if INSTALLED.get().is_some() {
         log::error!("{err:#}");
@@ -78,7 +88,7 @@ impl Log for Logger {
         }
         let text = sanitize(&record.args().to_string());
         let line = match VMID.get() {
-            Some(vmid) => format!("CT {vmid}: {text}"),
+            Some(vmid) => scoped(*vmid, &text),
             None => text,
         };
         if let Some(syslog) = &self.syslog {

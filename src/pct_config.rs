@@ -38,7 +38,8 @@ pub struct Device {
     pub value: String,
 }
 
-/// Why a container counts as wanting the GPU, as reported by `status`.
+/// How a container is given the host's NVIDIA nodes (either way, it
+/// counts as wanting the GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Passthrough {
     /// A `devN:` entry passes a `/dev/nvidia*` node.
@@ -71,8 +72,9 @@ impl PctConfig {
         conf
     }
 
-    /// The config as Proxmox would write it (used to check that parsing is
-    /// lossless for everything it accepts).
+    /// The config as Proxmox would write it: the tests check with it that
+    /// parsing is lossless for everything it accepts.
+    #[cfg(test)]
     pub fn render(&self) -> String {
         let mut out = String::new();
         if !self.description.is_empty() {
@@ -282,6 +284,7 @@ fn uri_unescape(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+#[cfg(test)]
 fn uri_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -170,9 +170,11 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn new(log_dir: &Path) -> Results {
+    /// `dir`: `paths.state`, this node's own (what each container's last
+    /// install gave, for `status`).
+    pub fn new(dir: &Path) -> Results {
         Results {
-            dir: log_dir.to_path_buf(),
+            dir: dir.to_path_buf(),
         }
     }
 

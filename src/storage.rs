@@ -57,10 +57,13 @@ impl Storage {
     /// The snippets folder, its path resolved below `root` (`/` on a host;
     /// a folder per simulated node in the tests).
     pub fn snippet_dir(&self, root: &Path) -> Option<PathBuf> {
+        // pve-storage's get_subdir writes "$path/$subdir": a leading `/`
+        // stays below the path.
         let sub = self
             .content_dirs
             .get("snippets")
-            .map_or("snippets", String::as_str);
+            .map_or("snippets", String::as_str)
+            .trim_start_matches('/');
         self.path.as_ref().map(|p| under(root, p).join(sub))
     }
 

@@ -21,8 +21,8 @@ pub fn for_each(vmids: &[Vmid], mut work: impl FnMut(Vmid) -> Result<()>) -> Exi
     for &vmid in vmids {
         if let Err(e) = work(vmid) {
             eprintln!(
-                "pve-nvidia-hook: CT {vmid}: {}",
-                crate::logging::sanitize(&format!("{e:#}"))
+                "pve-nvidia-hook: {}",
+                crate::logging::scoped(vmid, &crate::logging::sanitize(&format!("{e:#}")))
             );
             failed = true;
         }

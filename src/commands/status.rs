@@ -81,8 +81,8 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 eprintln!(
-                    "pve-nvidia-hook: CT {vmid}: {}",
-                    crate::logging::sanitize(&format!("{e:#}"))
+                    "pve-nvidia-hook: {}",
+                    logging::scoped(vmid, &logging::sanitize(&format!("{e:#}")))
                 );
                 failed = true;
             }

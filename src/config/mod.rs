@@ -92,7 +92,8 @@ pub struct Paths {
     pub log: PathBuf,
     /// Host device nodes (`doctor` compares them with the containers').
     pub dev: PathBuf,
-    /// Records that outlive a reboot: the hookscripts `enable --chain` keeps.
+    /// What outlives a reboot on this node: each container's last install
+    /// result.
     pub state: PathBuf,
     /// This node's own runfile cache, used when `cache` is on a shared file
     /// system that cannot be locked or trusted.
@@ -186,7 +187,7 @@ pub struct Config {
     pub max_concurrent_installs: Option<u32>,
     /// Seconds one installer run may take before it is killed.
     pub installer_timeout_secs: Option<u64>,
-    /// Seconds any other command in the container (nvidia-smi, dpkg-query,
+    /// Seconds any other short command in the container (nvidia-smi,
     /// mktemp, rm) may take.
     pub command_timeout_secs: Option<u64>,
     /// Seconds a download may stall (connect, or no data) before the attempt

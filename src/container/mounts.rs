@@ -17,9 +17,6 @@ pub struct Mount {
     /// The path inside the container where it is mounted.
     pub point: String,
     pub fstype: String,
-    /// The mounted folder's path inside its own file system (`/` for a
-    /// whole file system, a sub-path for a bind mount).
-    pub root: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,15 +83,10 @@ fn parse_line(line: &str) -> Option<Mount> {
     let id = head.next()?.parse().ok()?;
     let _parent = head.next()?;
     let _dev = head.next()?;
-    let root = unescape(head.next()?);
+    let _root = head.next()?;
     let point = unescape(head.next()?);
     let fstype = tail.split(' ').next()?.to_string();
-    Some(Mount {
-        id,
-        point,
-        fstype,
-        root,
-    })
+    Some(Mount { id, point, fstype })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -140,7 +132,6 @@ mod tests {
         assert_eq!(t.iter().count(), 6);
         assert_eq!(t.by_id(1071).unwrap().fstype, "ext4");
         assert_eq!(t.by_id(1092).unwrap().point, "/mnt/with space");
-        assert_eq!(t.by_id(1080).unwrap().root, "/nvidia0");
         assert!(t.check_local(1071).is_ok());
         assert!(t.check_local(1072).is_ok());
         let fuse = t.check_local(1090).unwrap_err();

@@ -15,7 +15,7 @@
 //! The installer writes the first two lines before it copies anything and
 //! an entry after each file lands: with `--silent` it goes on past a failed
 //! copy, leaving that file out, and can exit 0. So a record names what
-//! landed, not what a working driver needs; [`Record::key_files`] says
+//! landed, not what a working driver needs; [`Record::missing_key_files`] says
 //! whether that is there.
 
 use crate::version::{self, DriverVersion};
@@ -218,6 +218,7 @@ impl Crc {
         }
     }
 
+    #[cfg(test)]
     pub fn value(&self) -> u32 {
         self.value
     }

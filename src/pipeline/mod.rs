@@ -187,6 +187,8 @@ fn dpkg_packages(job: &Job) -> Result<Option<Vec<dpkg::Package>>> {
     }))
 }
 
+/// One apt-get: up to 300 s for the dpkg lock (an unattended upgrade in
+/// the container), then a mirror's pace; within the install's budget.
 const APT_TIMEOUT: Duration = Duration::from_secs(1200);
 
 fn apt(job: &Job, argv: &[&str]) -> Result<ContainerCommand> {

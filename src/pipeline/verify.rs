@@ -112,31 +112,27 @@ pub fn verify(
     })
 }
 
-/// The nodes the container was given: `/dev/nvidiactl`, at least one
-/// `/dev/nvidiaN` (whichever it was given), and `/dev/nvidia-uvm` only when
-/// asked (CUDA needs it, nvidia-smi does not).
-fn gpu_nodes(root: &RootFs) -> (Vec<String>, Vec<String>) {
+/// The nodes nvidia-smi needs that the container lacks: `/dev/nvidiactl`
+/// and at least one `/dev/nvidiaN` (whichever it was given). `/dev/nvidia-uvm`
+/// is [`missing_nodes`]': CUDA needs it, nvidia-smi does not.
+fn missing_gpu_nodes(root: &RootFs) -> Vec<String> {
     let listed = root
         .run(|c| c.list_dir("/dev", 4096))
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let gpus: Vec<String> = listed
-        .iter()
-        .filter(|n| {
-            n.strip_prefix("nvidia")
-                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(|n| format!("/dev/{n}"))
-        .collect();
+    let has_gpu = listed.iter().any(|n| {
+        n.strip_prefix("nvidia")
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+    });
     let mut missing = Vec::new();
     if root.kind("/dev/nvidiactl") == Kind::Missing {
         missing.push("/dev/nvidiactl".to_string());
     }
-    if gpus.is_empty() {
+    if !has_gpu {
         missing.push("/dev/nvidia0 (or any /dev/nvidiaN)".to_string());
     }
-    (gpus, missing)
+    missing
 }
 
 fn missing_nodes(root: &RootFs) -> Vec<String> {
@@ -164,7 +160,7 @@ pub fn verify_driver(
         timeout,
     ))?;
     if !out.success() {
-        let (_, missing) = gpu_nodes(root);
+        let missing = missing_gpu_nodes(root);
         let why = if missing.is_empty() {
             String::new()
         } else {

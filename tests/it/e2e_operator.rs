@@ -112,7 +112,7 @@ fn e2e_enable_now_and_doctor() {
     assert_eq!(before.status.code(), Some(1), "{}", text(&before));
     let shown = String::from_utf8_lossy(&before.stdout).into_owned();
     for expected in [
-        "OK    host: kernel module: nvidia 550.54.14 loaded",
+        "OK    host: kernel module: nvidia 550.54.14 loaded (from /sys/module/nvidia/version)",
         "OK    host: nvidia-uvm:",
         "WARN  CT 9115: requested: NVIDIA is not requested",
         "fix: pct set 9115 --tags 'web;nvidia'",

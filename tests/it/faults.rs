@@ -192,7 +192,7 @@ fn leftovers_of_a_reboot_or_sigkill_never_read_as_installing() {
     host.container(138, TAGGED);
     write(&host.path().join("lock/138.lock"), "");
     write(
-        &host.path().join("log/138.result.json"),
+        &host.path().join("state/138.result.json"),
         r#"{"host_version": "535.104.05", "ok": false, "message": "old", "finished_unix": 1}"#,
     );
     assert_eq!(host.status_json(138)["state"], "missing");

@@ -308,7 +308,7 @@ fn container_output_reaches_no_log_or_terminal_raw() {
             text(&out)
         );
     }
-    let log = std::fs::read(host.path().join("log/188.result.json")).unwrap_or_default();
+    let log = std::fs::read(host.path().join("state/188.result.json")).unwrap_or_default();
     assert!(!log.contains(&0x1b));
 }
 
@@ -336,7 +336,7 @@ fn urls_are_logged_without_credentials_or_query() {
             "{shown}"
         );
     }
-    let result = std::fs::read_to_string(host.path().join("log/189.result.json")).unwrap();
+    let result = std::fs::read_to_string(host.path().join("state/189.result.json")).unwrap();
     assert!(
         !result.contains("s3cret") && !result.contains("hunter2"),
         "{result}"

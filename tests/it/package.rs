@@ -162,10 +162,14 @@ fn package_installs_works_and_leaves_nothing_behind() {
 
     let purge = sb.inside(9120, &["dpkg", "-P", "pve-nvidia-hook"]);
     assert!(purge.status.success(), "{}", text(&purge));
-    for f in files
-        .iter()
-        .chain(["/var/cache/pve-nvidia-hook", "/var/log/pve-nvidia-hook"].iter())
-    {
+    for f in files.iter().chain(
+        [
+            "/var/cache/pve-nvidia-hook",
+            "/var/log/pve-nvidia-hook",
+            "/var/lib/pve-nvidia-hook",
+        ]
+        .iter(),
+    ) {
         assert!(
             !sb.inside(9120, &["test", "-e", f]).status.success(),
             "{f} left behind after purge"

@@ -31,12 +31,12 @@ impl Node {
 
 pub(super) fn checks(ctx: &Ctx, nodes: &[Node], report: &mut Report) -> Option<DriverVersion> {
     let version = match ctx.host.driver_version() {
-        Ok(Some((v, _))) => {
+        Ok(Some((v, source))) => {
             report.add(
                 "host",
                 "kernel module",
                 Level::Ok,
-                format!("nvidia {v} loaded"),
+                format!("nvidia {v} loaded (from {source})"),
                 None,
             );
             Some(v)
