@@ -227,6 +227,8 @@ fn sigkill_in_the_middle_then_the_next_start_retries() {
         "installing",
         "the lock died with its holder"
     );
+    // The killed install's installer (3 s, in a session of its own) runs
+    // out before the retry, as an orphan would on a host.
     std::thread::sleep(Duration::from_secs(3));
     host.runfile(V1, false);
     let out = host.run(&["139", "post-start"]);

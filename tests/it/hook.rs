@@ -115,7 +115,15 @@ fn no_host_driver_is_a_warning_in_hook_mode_and_an_error_by_hand() {
     let host = FakeHost::new();
     host.container(121, TAGGED);
     std::fs::remove_file(host.path().join("sys/module/nvidia/version")).unwrap();
-    // The host's own nvidia-smi would be the last resort: make sure there is none.
+    // The host's own nvidia-smi would be the last resort: here it finds no
+    // driver, as on a host without one (and a GPU machine's real one is
+    // not asked).
+    let smi = host.path().join("bin/nvidia-smi");
+    write(
+        &smi,
+        "#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n",
+    );
+    set_mode(&smi, 0o755);
     let out = host.run(&["121", "post-start"]);
     expect_exit(&out, 0, "no NVIDIA kernel module");
     assert_eq!(host.run(&["install", "121"]).status.code(), Some(1));
