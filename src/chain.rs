@@ -20,13 +20,13 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::pct_config::PctConfig;
+use crate::state::unix_now;
 use crate::storage::{self, Storage};
 use crate::vmid::Vmid;
 
@@ -112,7 +112,7 @@ impl Chains {
             .with_context(|| format!("reading {}", path.display()))?;
         let record: Record = serde_json::from_str(&text)
             .with_context(|| format!("chain record {}", path.display()))?;
-        if !is_snippet_volume(&record.chain) {
+        if storage::parse_snippet_volume(&record.chain).is_none() {
             bail!(
                 "chain record {}: '{}' is not a <storage>:snippets/<name> volume",
                 path.display(),
@@ -125,7 +125,7 @@ impl Chains {
     /// Records `volume` for `vmid` under a new token; the caller adds the
     /// token's tag to the container.
     pub fn create(&self, vmid: Vmid, volume: &str) -> Result<String> {
-        if !is_snippet_volume(volume) {
+        if storage::parse_snippet_volume(volume).is_none() {
             bail!("'{volume}' is not a <storage>:snippets/<name> volume");
         }
         let mut bytes = [0u8; 6];
@@ -135,7 +135,7 @@ impl Chains {
         let record = Record {
             chain: volume.to_string(),
             vmid: vmid.get(),
-            recorded_unix: now_unix(),
+            recorded_unix: unix_now(),
         };
         fsutil::ensure_private_dir(&self.dir)
             .with_context(|| "the cluster file system (writes need quorum)")?;
@@ -164,7 +164,7 @@ impl Chains {
     /// one counts only when this run released it (`released`: `disable`
     /// took its tag away).
     pub fn stale(&self, carried: &[String], released: &[String]) -> Vec<(String, Option<Record>)> {
-        let now = now_unix();
+        let now = unix_now();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -211,25 +211,6 @@ pub fn script_path(storages: &[Storage], volume: &str, storage_root: &Path) -> R
         bail!("script '{volume}' is not executable");
     }
     Ok(path)
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn is_snippet_volume(volume: &str) -> bool {
-    volume.split_once(':').is_some_and(|(storage, rest)| {
-        !storage.is_empty()
-            && storage
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && rest
-                .strip_prefix("snippets/")
-                .is_some_and(|n| !n.is_empty() && !n.contains('/') && n != "." && n != "..")
-    })
 }
 
 #[cfg(test)]

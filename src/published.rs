@@ -7,14 +7,13 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::State;
 use crate::fsutil;
-use crate::state::Locks;
+use crate::state::{unix_now, Locks};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
@@ -33,13 +32,6 @@ pub struct Seen {
     pub container_version: Option<String>,
     pub detail: Option<String>,
     pub at_unix: u64,
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn dir(pve: &Path) -> std::path::PathBuf {
@@ -61,7 +53,7 @@ pub fn publish(
         ..NodeState::default()
     });
     state.host_version = host.map(|v| v.to_string());
-    state.updated_unix = now();
+    state.updated_unix = unix_now();
     for (vmid, mut s) in seen {
         s.detail = s
             .detail

@@ -191,10 +191,7 @@ impl Results {
                 Ok(()) => "installed".to_string(),
                 Err(e) => crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
             },
-            finished_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            finished_unix: unix_now(),
         };
         let json = serde_json::to_vec_pretty(&result)?;
         fsutil::write_atomic(&self.path(vmid), &json, 0o600)
@@ -204,4 +201,11 @@ impl Results {
         let text = std::fs::read(self.path(vmid)).ok()?;
         serde_json::from_slice(&text).ok()
     }
+}
+/// Seconds since the epoch, for what is recorded (0 on a clock before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -287,6 +287,19 @@ pub fn snippet_storage(
     Ok(s.clone())
 }
 
+/// `<storage>:snippets/<name>` → its storage's name and the file's, as
+/// `PVE::Storage::parse_volname` accepts them; None for anything else.
+pub fn parse_snippet_volume(volume: &str) -> Option<(&str, &str)> {
+    let (storage, rest) = volume.split_once(':')?;
+    let name = rest.strip_prefix("snippets/")?;
+    let storage_ok = !storage.is_empty()
+        && storage
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let name_ok = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    (storage_ok && name_ok).then_some((storage, name))
+}
+
 /// `<storage>:snippets/<name>` → the storage and the file, as
 /// `PVE::Storage::path` finds it.
 pub fn resolve_volume<'a>(
@@ -294,11 +307,7 @@ pub fn resolve_volume<'a>(
     volume: &str,
     root: &Path,
 ) -> Option<(&'a Storage, PathBuf)> {
-    let (storage, rest) = volume.split_once(':')?;
-    let name = rest.strip_prefix("snippets/")?;
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return None;
-    }
+    let (storage, name) = parse_snippet_volume(volume)?;
     let s = storages.iter().find(|s| s.name == storage)?;
     Some((s, s.snippet_path(root, name)?))
 }

@@ -30,7 +30,7 @@ fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
         },
         container_version: outcome.is_ok().then(|| host.to_string()),
         detail: outcome.as_ref().err().map(|e| format!("{e:#}")),
-        at_unix: published::now(),
+        at_unix: crate::state::unix_now(),
     };
     let node = cluster::node_name(pve);
     if let Err(e) = published::publish(pve, &ctx.locks, &node, Some(host), [(vmid, seen)]) {

@@ -113,7 +113,7 @@ fn publish(ctx: &Ctx, this: &str, host: Option<&DriverVersion>, rows: &[Row]) {
                     state: r.state?,
                     container_version: r.container_version.clone(),
                     detail: r.detail.clone(),
-                    at_unix: published::now(),
+                    at_unix: crate::state::unix_now(),
                 },
             ))
         })

@@ -7,18 +7,8 @@
 use anyhow::{bail, Result};
 
 use super::{apt, must, Job};
+use crate::process::SAFE_PATH;
 use crate::version::DriverVersion;
-
-/// Where nvidia-installer looks for a program: PATH (ours, fixed) plus its
-/// own list, /bin:/usr/bin:/sbin:/usr/sbin.
-const SEARCH: [&str; 6] = [
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
 
 /// nvidia-installer's `find_system_utils` and `find_module_utils` (misc.c),
 /// required even with `--no-kernel-module`, with the Debian package that
@@ -101,8 +91,10 @@ fn prerequisites(job: &Job) -> Result<()> {
         names
             .iter()
             .map(|name| {
-                SEARCH
-                    .iter()
+                // Where nvidia-installer looks: the PATH it runs with (ours,
+                // fixed), which holds its own list (/bin:/usr/bin:/sbin:/usr/sbin).
+                SAFE_PATH
+                    .split(':')
                     .any(|dir| c.executable(&format!("{dir}/{name}")).unwrap_or(false))
             })
             .collect::<Vec<bool>>()

@@ -2,8 +2,8 @@
 # Stand-in NVIDIA runfile for the fake container: checks the flags the hook
 # passes, and installs like nvidia-installer does in what the hook reads: it
 # truncates its log, writes its record in backup.c's format (CRC-32/MPEG-2
-# per file) and installs nvidia-smi, libnvidia-ml and libcuda. @VERSION@ and
-# @FAIL@ are replaced.
+# per file) and installs nvidia-smi, libnvidia-ml and libcuda. @VERSION@,
+# @FAIL@, @STUBS@ and @CRC@ are replaced.
 version=@VERSION@
 tmpdir=
 while [ $# -gt 0 ]; do
@@ -33,14 +33,7 @@ cp @STUBS@/libcuda.so "$FAKE_ROOT$lib/libcuda.so.$version"
 ln -sf "libnvidia-ml.so.$version" "$FAKE_ROOT$lib/libnvidia-ml.so.1"
 ln -sf "libcuda.so.$version" "$FAKE_ROOT$lib/libcuda.so.1"
 crc() {
-  python3 -c 'import sys
-d = open(sys.argv[1], "rb").read()
-c = 0xFFFFFFFF
-for b in d:
-    c ^= b << 24
-    for _ in range(8):
-        c = ((c << 1) ^ 0x04C11DB7 if c & 0x80000000 else c << 1) & 0xFFFFFFFF
-print(c if d else 0)' "$FAKE_ROOT$1"
+  '@CRC@' "$FAKE_ROOT$1"
 }
 {
   printf '1.0-%s (%s)\nNVIDIA Accelerated Graphics Driver for Linux-x86_64\n' "$(echo $version | tr -d .)" "$version"

@@ -119,7 +119,14 @@ impl FakeHost {
             template
                 .replace("@VERSION@", version)
                 .replace("@FAIL@", fail)
-                .replace("@STUBS@", &stub_libraries().display().to_string()),
+                .replace("@STUBS@", &stub_libraries().display().to_string())
+                .replace(
+                    "@CRC@",
+                    &Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fakes/nvidia-crc")
+                        .display()
+                        .to_string(),
+                ),
         );
         path
     }
