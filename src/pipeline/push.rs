@@ -188,7 +188,12 @@ fn stream_into(job: &Job, runfile: &Runfile, dir: &str) -> Result<String> {
             runfile.name
         ),
     }
-    let copied = job.root.file_size(&target).unwrap_or(0);
+    let copied = job.root.file_size(&target).with_context(|| {
+        format!(
+            "the copy of {} in the container cannot be looked at; the installer was not run",
+            runfile.name
+        )
+    })?;
     if copied != runfile.size {
         bail!(
             "the copy of {} in the container has {copied} bytes, not the {} sent: it changed on its way; \
