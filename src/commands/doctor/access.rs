@@ -127,8 +127,11 @@ pub(super) fn checks(target: &Target, nodes: &[Node], report: &mut Report, scope
         .filter(|n| mount_entries.iter().any(|(s, _)| *s == n.name) && !covers(n))
         .collect();
     if !uncovered.is_empty() {
+        // Each major once, in the nodes' order (dedup alone keeps a major
+        // that comes back after another).
         let mut majors: Vec<u32> = uncovered.iter().map(|n| n.major).collect();
-        majors.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        majors.retain(|m| seen.insert(*m));
         let names: Vec<&str> = uncovered.iter().map(|n| n.name.as_str()).collect();
         let rules: Vec<String> = majors
             .iter()
@@ -208,7 +211,7 @@ fn inside(idmap: &[(char, u32, u32, u32)], kind: char, host: u32) -> Option<u32>
     idmap
         .iter()
         .find(|(k, _, h, n)| *k == kind && (*h..h.saturating_add(*n)).contains(&host))
-        .map(|(_, ct, h, _)| ct + (host - h))
+        .and_then(|(_, ct, h, _)| ct.checked_add(host - h))
 }
 
 /// The container's idmap: Proxmox's default for an unprivileged container
