@@ -34,7 +34,13 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
         return;
     }
     let paths = &ctx.config().paths;
-    let storages = storage::load(&paths.pve).unwrap_or_default();
+    let storages = match storage::load(&paths.pve) {
+        Ok(storages) => storages,
+        Err(e) => {
+            report.add(scope, "hook", Level::Fail, format!("{e:#}"), None);
+            return;
+        }
+    };
     if let Some(store) = snippet_on_every_node(ctx, volume, &storages, report, scope) {
         report.add(
             scope,
