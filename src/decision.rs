@@ -40,12 +40,15 @@ pub struct Request {
     pub reason: Option<Reason>,
 }
 
+/// The tag that requests NVIDIA for a container (and that `enable` adds).
+pub const NVIDIA_TAG: &str = "nvidia";
+
 pub fn requested(config_says: Option<bool>, phoenix_says: bool, pct: &PctConfig) -> Request {
     let (wanted, reason) = if let Some(wanted) = config_says {
         (wanted, Some(Reason::Config))
     } else if phoenix_says {
         (true, Some(Reason::Phoenix))
-    } else if pct.has_tag("nvidia") {
+    } else if pct.has_tag(NVIDIA_TAG) {
         (true, Some(Reason::Tag))
     } else if matches!(
         pct.nvidia_passthrough(),

@@ -18,6 +18,7 @@ use crate::chain::{self, Chains};
 use crate::cli::{DisableArgs, EnableArgs};
 use crate::cluster::{self, Api};
 use crate::context::{Ctx, Target};
+use crate::decision::NVIDIA_TAG;
 use crate::error::usage;
 use crate::pct_config::PctConfig;
 use crate::process::{self, Limits};
@@ -107,8 +108,8 @@ fn enable_one(
         ),
         None => set.extend(["--hookscript".to_string(), volume.to_string()]),
     }
-    if !args.no_tag && !target.pct.has_tag("nvidia") {
-        tags.push("nvidia".into());
+    if !args.no_tag && !target.pct.has_tag(NVIDIA_TAG) {
+        tags.push(NVIDIA_TAG.into());
     }
     if tags != before {
         // `pct set --tags` replaces all tags: the container's own are kept,
@@ -186,7 +187,7 @@ fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<
         }
         None => println!("CT {vmid}: not enabled"),
     }
-    if target.pct.has_tag("nvidia") {
+    if target.pct.has_tag(NVIDIA_TAG) {
         println!(
             "CT {vmid}: tag nvidia left in place (it only marks the container; the hook is gone)"
         );

@@ -156,7 +156,7 @@ fn container_checks(
                     .pct
                     .raw_tags()
                     .into_iter()
-                    .chain(["nvidia".to_string()])
+                    .chain([crate::decision::NVIDIA_TAG.to_string()])
                     .collect::<Vec<_>>()
                     .join(";")
             )),
