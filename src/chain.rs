@@ -90,6 +90,11 @@ impl Chains {
         }
     }
 
+    /// Where the records are, for messages.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, token: &str) -> PathBuf {
         self.dir.join(format!("{token}.json"))
     }

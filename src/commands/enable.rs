@@ -96,6 +96,9 @@ fn enable_one(
                 println!("would record CT {vmid}'s hookscript {other} in the cluster file system and tag the container with its token: ours calls it first for every phase");
             } else {
                 let token = chains.create(vmid, other)?;
+                // A clone's or a restore's tag names another container's
+                // record: the new one replaces it.
+                tags.retain(|t| !t.starts_with(chain::TAG_PREFIX));
                 tags.push(chain::tag(&token));
                 println!("CT {vmid}: kept hookscript {other} (tag {}): pve-nvidia-hook calls it first for every phase, on every node", chain::tag(&token));
             }

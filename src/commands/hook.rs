@@ -145,7 +145,8 @@ fn run_chained(ctx: &Ctx, target: &Target, phase: &str) -> Result<Option<i32>> {
     };
     let pve = &ctx.config().paths.pve;
     let vmid = target.vmid;
-    let record = match Chains::new(pve).get(&token) {
+    let chains = Chains::new(pve);
+    let record = match chains.get(&token) {
         Ok(Some(record)) if record.vmid == vmid.get() => record,
         Ok(Some(record)) => {
             log::error!(
@@ -164,7 +165,7 @@ fn run_chained(ctx: &Ctx, target: &Target, phase: &str) -> Result<Option<i32>> {
                 "the tag {} names no chain record in {}: no chained hookscript is run; \
                  run enable --chain again, or remove the tag",
                 chain::tag(&token),
-                pve.join("pve-nvidia-hook/chain").display()
+                chains.dir().display()
             );
             return Ok(None);
         }

@@ -272,6 +272,26 @@ fn a_chain_tag_runs_only_for_the_container_it_was_made_for() {
     );
     // Its own container still gets it, veto included.
     expect_exit(&host.run(&["171", "pre-start"]), 3, "vetoed the start");
+    // The clone chains its own as the log line says: its own record, its
+    // own tag in place of the copied one.
+    let out = host.run(&["172", "pre-start"]);
+    let advice =
+        "pct set 172 --hookscript local:snippets/site-hook && pve-nvidia-hook enable --chain 172";
+    assert!(text(&out).contains(advice), "{}", text(&out));
+    let status = std::process::Command::new(host.path().join("bin/pct"))
+        .args(["set", "172", "--hookscript", "local:snippets/site-hook"])
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", host.path().join("bin").display()),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(host.run(&["enable", "--chain", "172"]).status.success());
+    expect_exit(&host.run(&["172", "pre-start"]), 3, "vetoed the start");
+    assert!(std::fs::read_to_string(&calls)
+        .unwrap()
+        .contains("172 pre-start"));
     // The record gone: the tag aborts nothing.
     for path in chain_records(&host) {
         std::fs::remove_file(path).unwrap();
