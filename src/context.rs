@@ -5,12 +5,11 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::config::{self, Config, Settings};
-use crate::container::rootfs::RootFs;
+use crate::container::probe::Probe;
 use crate::decision::{self, Request};
 use crate::error::usage;
 use crate::host::Host;
@@ -167,9 +166,11 @@ impl Ctx {
         Ok(self.host.driver_version()?.map(|(v, _)| v))
     }
 
-    /// The running container's root file system; None when it is stopped.
-    /// Reads through it have the configured deadline (`read_timeout_secs`).
-    pub fn open_container(&self, vmid: Vmid) -> Result<Option<RootFs>> {
+    /// The door to the running container's files; None when it is
+    /// stopped. Each read through it runs in a child with the configured
+    /// deadline (`read_timeout_secs`); between reads nothing of ours holds
+    /// any of the container's file systems.
+    pub fn open_container(&self, vmid: Vmid) -> Result<Option<Probe>> {
         let init = match self.host.container_init(vmid) {
             Some(init) => init,
             None => match lxc_info_pid(vmid).and_then(|pid| self.host.init_at(vmid, pid)) {
@@ -177,22 +178,23 @@ impl Ctx {
                 None => return Ok(None),
             },
         };
-        let deadline = Duration::from_secs(self.config().read_timeout_secs());
-        let root = RootFs::open(
-            self.host.container_root(init.pid),
-            self.host.container_mountinfo(init.pid),
-            deadline,
-        )
-        .with_context(|| format!("CT {vmid}: opening its root file system"))?;
-        // The pidfd names the process that was checked: if it is still alive,
-        // the root opened is that container's.
+        let proc_dir = self
+            .host
+            .proc_dir(init.pid)
+            .with_context(|| format!("CT {vmid}: opening /proc/{} of its init", init.pid))?;
+        // The pidfd names the process that was checked: if it is still
+        // alive, the folder opened is that process's.
         if !init.alive() {
             bail!(
                 "CT {vmid}: its init (pid {}) exited while being opened",
                 init.pid
             );
         }
-        Ok(Some(root))
+        Ok(Some(Probe::new(
+            init,
+            proc_dir,
+            self.config().limits.read_timeout,
+        )))
     }
 
     /// Every container config of this node, by vmid.

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::driver::InstalledDriver;
+use crate::container::detect::InstalledDriver;
 use crate::pct_config::{Passthrough, PctConfig};
 use crate::version::DriverVersion;
 

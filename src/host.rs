@@ -110,9 +110,7 @@ impl Host {
     /// From then on [`Init::alive`] tells whether this is still that process:
     /// a pid reused by another container's process is never taken for it.
     pub fn init_at(&self, vmid: Vmid, pid: u32) -> Option<Init> {
-        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
-        let init = Init { pid, pidfd };
+        let init = Init::hold(pid)?;
         (self.is_namespace_init(pid) && self.in_container_cgroup(pid, vmid) && init.alive())
             .then_some(init)
     }
@@ -177,13 +175,16 @@ impl Host {
             .is_some_and(|ids| ids.len() == 2 && ids[1] == "1")
     }
 
-    pub fn container_root(&self, pid: u32) -> PathBuf {
-        self.proc.join(format!("{pid}/root"))
-    }
-
-    /// The container's mount table, as the kernel shows it for its init.
-    pub fn container_mountinfo(&self, pid: u32) -> PathBuf {
-        self.proc.join(format!("{pid}/mountinfo"))
+    /// `/proc/<pid>`, held as a folder: it gives the process's root and
+    /// mount table for as long as that process lives, and nothing after
+    /// (not another process that reuses the pid); it keeps none of its
+    /// file systems alive.
+    pub fn proc_dir(&self, pid: u32) -> std::io::Result<OwnedFd> {
+        Ok(rustix::fs::open(
+            self.proc.join(pid.to_string()),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?)
     }
 }
 
@@ -194,6 +195,18 @@ pub struct Init {
 }
 
 impl Init {
+    /// Process `pid`, held by a pidfd from now on (nothing is checked).
+    pub fn hold(pid: u32) -> Option<Init> {
+        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+        Some(Init { pid, pidfd })
+    }
+
+    /// The pidfd, to wait for the process to exit.
+    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.pidfd)
+    }
+
     /// The process the pidfd names has not exited (a pidfd turns readable
     /// when it does).
     pub fn alive(&self) -> bool {

@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: [`cli`] → [`config`] → [`decision`] → [`pipeline`].
 
+pub mod cancel;
 pub mod chain;
 pub mod cli;
 pub mod cluster;

@@ -187,6 +187,11 @@ pub fn run_with(
         if let Some(status) = child.try_wait().context("waiting for child")? {
             break status;
         }
+        if let Err(cancelled) = crate::cancel::check() {
+            kill_group(child.id());
+            let _ = child.wait();
+            return Err(cancelled.into());
+        }
         if started.elapsed() >= limits.timeout {
             timed_out = true;
             kill_group(child.id());

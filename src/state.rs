@@ -71,6 +71,26 @@ impl Locks {
         )
     }
 
+    /// The process that holds the container's install lock, as the
+    /// kernel's table of locks (`/proc/locks` under `proc`) says; None when
+    /// none does. Only a lock file of ours counts.
+    pub fn holder(&self, vmid: Vmid, proc: &Path) -> Option<u32> {
+        if fsutil::check_trusted(&self.dir).is_err() {
+            return None;
+        }
+        let st = rustix::fs::lstat(self.dir.join(format!("{vmid}.lock"))).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || st.st_uid != rustix::process::geteuid().as_raw()
+        {
+            return None;
+        }
+        let file = std::fs::File::open(proc.join("locks")).ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, 4 << 20), &mut text).ok()?;
+        let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+        flock_writer(&text, major, minor, st.st_ino)
+    }
+
     /// One of `slots` host-wide install slots, waiting at most `limit` for a
     /// free one. The slots bound how many installers run at once (each
     /// extracts ~1 GB); they are held only around the copy and the installer.
@@ -83,6 +103,7 @@ impl Locks {
         let started = Instant::now();
         let mut told = false;
         loop {
+            crate::cancel::check()?;
             for n in 0..slots {
                 if let Some(held) = try_lock(&self.dir, &format!("install-slot-{n}.lock"))? {
                     return Ok(held);
@@ -114,10 +135,36 @@ impl Locks {
     /// cache is on a shared file system (flock works on NFS and CephFS).
     pub fn download(&self, dir: &Path, name: &str) -> Result<Held> {
         let fd = open_lock(dir, name)?;
-        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
-            .with_context(|| format!("locking {}", dir.join(name).display()))?;
-        Ok(Held { _fd: fd })
+        // Another node or process may download for an hour: wait, but as
+        // an install waits (see `cancel`).
+        loop {
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Held { _fd: fd }),
+                Err(Errno::WOULDBLOCK | Errno::INTR) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("locking {}", dir.join(name).display()))
+                }
+            }
+            crate::cancel::check()?;
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
+}
+
+/// The pid holding an exclusive `flock` on the file (`major:minor:inode`)
+/// in the text of `/proc/locks`: `1: FLOCK  ADVISORY  WRITE 4711 fd:01:1234 0 EOF`
+/// (waiters are the lines with `->`).
+fn flock_writer(text: &str, major: u32, minor: u32, inode: u64) -> Option<u32> {
+    let file = format!("{major:02x}:{minor:02x}:{inode}");
+    text.lines().find_map(|line| {
+        let mut words = line.split_whitespace().skip(1);
+        match (words.next()?, words.next()?, words.next()?) {
+            ("FLOCK", "ADVISORY", "WRITE") => {}
+            _ => return None,
+        }
+        let pid = words.next()?.parse().ok()?;
+        (words.next()? == file).then_some(pid)
+    })
 }
 
 /// The lock `name` in `dir`, or None when someone holds it.
@@ -155,6 +202,40 @@ fn is_ours(fd: &OwnedFd) -> bool {
         FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
             && st.st_uid == rustix::process::geteuid().as_raw()
     })
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_of_a_file_in_proc_locks() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4711 fd:01:1234 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 4712 fd:01:1234 0 EOF\n\
+                    2: FLOCK  ADVISORY  READ 99 fd:01:777 0 EOF\n\
+                    3: POSIX  ADVISORY  WRITE 5 fd:01:888 0 EOF\n";
+        assert_eq!(flock_writer(text, 0xfd, 1, 1234), Some(4711));
+        assert_eq!(flock_writer(text, 0xfd, 1, 777), None, "a reader");
+        assert_eq!(flock_writer(text, 0xfd, 1, 888), None, "not a flock");
+        assert_eq!(flock_writer(text, 0xfd, 2, 1234), None, "another device");
+    }
+
+    /// The lock as the kernel lists it for this very process.
+    #[test]
+    fn the_holder_of_a_container_lock_is_found() {
+        let dir = std::env::temp_dir().join(format!("pnh-holder-{}", std::process::id()));
+        let locks = Locks::new(&dir);
+        let vmid: Vmid = "101".parse().unwrap();
+        assert_eq!(locks.holder(vmid, Path::new("/proc")), None);
+        let held = locks.try_container(vmid).unwrap().unwrap();
+        assert_eq!(
+            locks.holder(vmid, Path::new("/proc")),
+            Some(std::process::id())
+        );
+        drop(held);
+        assert_eq!(locks.holder(vmid, Path::new("/proc")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -56,6 +56,13 @@ impl serde::Serialize for DriverVersion {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for DriverVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `/sys/module/nvidia/version`: the version alone, with a newline.
 pub fn from_sys_module(content: &str) -> Result<DriverVersion, String> {
     content.trim().parse()

@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{anyhow, Result};
 
 use crate::chain::{self, Chains};
-use crate::container::driver;
+use crate::container::detect;
 use crate::context::{Ctx, Lookup, Target};
 use crate::decision::{self, Action};
 use crate::vmid::Vmid;
@@ -58,7 +58,11 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
     }
     match phase {
         "post-start" => {}
-        "pre-start" | "pre-stop" | "post-stop" => {
+        "pre-stop" | "post-stop" => {
+            stop_install(&ctx, vmid);
+            return Ok(ExitCode::SUCCESS);
+        }
+        "pre-start" => {
             log::debug!("{phase}: nothing to do");
             return Ok(ExitCode::SUCCESS);
         }
@@ -99,7 +103,7 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let installed = driver::detect_in(&root);
+    let installed = detect::detect_in(&root);
     drop(root);
     match decision::decide(&host, &installed, false) {
         Action::UpToDate => {
@@ -127,6 +131,25 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// An install in progress for a container that stops ends: SIGTERM to the
+/// process holding its lock, which stops its current program and records
+/// why. It would notice the stop by itself, but not before its current
+/// wait ends; the stop should not wait for that.
+fn stop_install(ctx: &Ctx, vmid: Vmid) {
+    let Some(pid) = ctx.locks.holder(vmid, &ctx.config().paths.proc) else {
+        return;
+    };
+    let Some(target) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    match rustix::process::kill_process(target, rustix::process::Signal::TERM) {
+        Ok(()) => {
+            log::info!("the container is stopping: ending the install in progress (pid {pid})")
+        }
+        Err(e) => log::warn!("could not end the install in progress (pid {pid}): {e}"),
     }
 }
 

@@ -3,12 +3,11 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::InstallArgs;
-use crate::container::{driver, LxcAttach};
+use crate::container::{detect, LxcAttach};
 use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
 use crate::logging;
@@ -40,6 +39,8 @@ fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
 
 pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
     logging::set_vmid(args.vmid);
+    // The container's pre-stop or post-stop ends this install (see `cancel`).
+    crate::cancel::on_sigterm();
     let ctx = Ctx::load(config)?;
     let target = ctx.container(args.vmid)?;
     if !target.request.wanted {
@@ -68,7 +69,7 @@ pub fn install(
 ) -> Result<()> {
     let vmid = target.vmid;
     let settings = &target.settings;
-    let budget = Budget::new(settings.install_budget_secs);
+    let budget = Budget::new(settings.limits.install_budget);
     let Some(_lock) = ctx.locks.try_container(vmid)? else {
         log::info!("already installing");
         return Ok(());
@@ -77,7 +78,10 @@ pub fn install(
     let root = ctx
         .open_container(vmid)?
         .ok_or_else(|| anyhow!("container is not running"))?;
-    let installed = driver::detect_in(&root);
+    // Nothing of this install outlives the container it is for.
+    let _watching = crate::cancel::watch(root.init().pidfd())
+        .with_context(|| format!("CT {vmid}: watching its init"))?;
+    let installed = detect::detect_in(&root);
     match decision::decide(host, &installed, force) {
         Action::Install(reason) => log::info!("installing NVIDIA driver {host}: {reason}"),
         Action::UpToDate => {
@@ -97,9 +101,9 @@ pub fn install(
         locks: &ctx.locks,
         allow_unverified: settings.allow_unverified_download,
         limits: runfile::limits(
-            Duration::from_secs(settings.download_timeout_secs),
-            Duration::from_secs(settings.download_max_secs),
-            settings.max_download_bytes,
+            settings.limits.download_timeout,
+            settings.limits.download_max,
+            settings.limits.max_download,
         ),
         log: &log_progress,
     };
@@ -116,6 +120,11 @@ pub fn install(
         foreground,
     };
     let outcome = pipeline::run(&job);
+    if let Err(e) = &outcome {
+        if crate::cancel::is_cancelled(e) {
+            log::warn!("{e:#}");
+        }
+    }
     if let Err(e) = ctx.results.record(vmid, &host.to_string(), &outcome) {
         log::warn!("could not record the result: {e:#}");
     }

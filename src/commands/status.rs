@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::cluster::{self, Api};
-use crate::container::driver::{self, InstalledDriver};
+use crate::container::detect::{self, InstalledDriver};
 use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Observed, Reason, State};
 use crate::logging;
@@ -133,7 +133,7 @@ fn row(ctx: &Ctx, vmid: Vmid, node: &str, host: Option<&DriverVersion>) -> Resul
         Lookup::Vm | Lookup::Missing => return Ok(None),
     };
     let installed = match ctx.open_container(vmid) {
-        Ok(root) => root.map(|root| driver::detect_in(&root)),
+        Ok(root) => root.map(|root| detect::detect_in(&root)),
         // Running, but its files cannot be opened in time: cannot tell.
         Err(e) => Some(InstalledDriver::Unknown(format!("{e:#}"))),
     };

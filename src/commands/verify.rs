@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
@@ -32,7 +31,7 @@ pub fn run(config: Option<&Path>, vmid: Vmid) -> Result<ExitCode> {
         &root,
         &host,
         &target.settings,
-        Duration::from_secs(target.settings.command_timeout_secs),
+        target.settings.limits.command_timeout,
     )?;
     println!(
         "CT {vmid}: nvidia-smi reports {}, the host's module is {host}: OK{}; {}",

@@ -55,8 +55,9 @@ pub fn parse(text: &str) -> Result<Config> {
     if text.trim().is_empty() {
         anyhow::bail!("the file is empty (write {{}} for all defaults)");
     }
-    let config: Config = serde_json::from_str(text)?;
+    let mut config: Config = serde_json::from_str(text)?;
     config.validate()?;
+    config.limits = config.limit_keys.resolve().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 
@@ -70,23 +71,6 @@ impl Config {
             let prefix = format!("containers.\"{key}\".");
             refuse_unknown(&prefix, &overrides.unknown)?;
             validate_layer(&prefix, &overrides.layer)?;
-        }
-        if self.max_concurrent_installs == Some(0) {
-            anyhow::bail!("max_concurrent_installs: must be at least 1");
-        }
-        for (key, value) in [
-            ("installer_timeout_secs", self.installer_timeout_secs),
-            ("command_timeout_secs", self.command_timeout_secs),
-            ("download_timeout_secs", self.download_timeout_secs),
-            ("read_timeout_secs", self.read_timeout_secs),
-            ("install_budget_secs", self.install_budget_secs),
-            ("slot_wait_secs", self.slot_wait_secs),
-            ("max_download_mb", self.max_download_mb),
-            ("download_max_secs", self.download_max_secs),
-        ] {
-            if value == Some(0) {
-                anyhow::bail!("{key}: must be at least 1");
-            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -163,6 +164,111 @@ layer! {
     graphics: bool,
 }
 
+/// What a numeric setting is: the number in the file, and what it
+/// resolves to.
+pub trait Unit {
+    type Value: Copy + std::fmt::Debug + PartialEq + Eq;
+    fn value(n: u64) -> Self::Value;
+}
+
+/// Seconds, resolved to a [`Duration`].
+pub struct Secs;
+/// Megabytes (10^6 bytes), resolved to bytes.
+pub struct Megabytes;
+/// A number of things.
+pub struct Count;
+
+impl Unit for Secs {
+    type Value = Duration;
+    fn value(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+}
+
+impl Unit for Megabytes {
+    type Value = u64;
+    fn value(n: u64) -> u64 {
+        n.saturating_mul(1_000_000)
+    }
+}
+
+impl Unit for Count {
+    type Value = u32;
+    fn value(n: u64) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// Declares the numeric settings once: the key in the file, the resolved
+/// field, its unit and its default. Every one must be at least 1; the file
+/// struct, the check and the resolved [`Limits`] come from this one list.
+macro_rules! limits {
+    ($($(#[$doc:meta])* $key:ident => $field:ident: $unit:ident = $default:expr,)*) => {
+        /// The numeric keys as the configuration file has them.
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+        pub struct LimitKeys {
+            $($(#[$doc])* pub $key: Option<u64>,)*
+        }
+
+        /// The numeric settings, resolved.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Limits {
+            $($(#[$doc])* pub $field: <$unit as Unit>::Value,)*
+        }
+
+        impl Default for Limits {
+            fn default() -> Limits {
+                Limits { $($field: $unit::value($default),)* }
+            }
+        }
+
+        impl LimitKeys {
+            /// The keys over the defaults; a key set to 0 is an error naming it.
+            pub fn resolve(&self) -> Result<Limits, String> {
+                Ok(Limits {
+                    $($field: match self.$key {
+                        Some(0) => return Err(format!("{}: must be at least 1", stringify!($key))),
+                        Some(n) => $unit::value(n),
+                        None => $unit::value($default),
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+limits! {
+    /// At most this many installers start at once on the host (a boot with
+    /// many GPU containers otherwise saturates the disk).
+    max_concurrent_installs => max_concurrent_installs: Count = 2,
+    /// Seconds one installer run may take before it is killed.
+    installer_timeout_secs => installer_timeout: Secs = 1800,
+    /// Seconds any other short command in the container (nvidia-smi,
+    /// mktemp, rm) may take.
+    command_timeout_secs => command_timeout: Secs = 60,
+    /// Seconds a download may stall (connect, or no data) before the
+    /// attempt is abandoned and retried.
+    download_timeout_secs => download_timeout: Secs = 60,
+    /// Seconds one download attempt may take in all.
+    download_max_secs => download_max: Secs = 3600,
+    /// The largest download accepted, in MB (10^6 bytes).
+    max_download_mb => max_download: Megabytes = 8192,
+    /// Seconds every host-side read of a container's files may take (a
+    /// tenant's file system that never answers): then "cannot tell".
+    read_timeout_secs => read_timeout: Secs = 5,
+    /// Seconds `verify`'s whole inspection (every recorded file by CRC)
+    /// may take.
+    verify_timeout_secs => verify_timeout: Secs = 300,
+    /// Seconds one container's install may take in all, waits included.
+    install_budget_secs => install_budget: Secs = 3600,
+    /// Seconds an install in the foreground waits for a free slot.
+    slot_wait_secs => slot_wait: Secs = 600,
+    /// Seconds an install holds its slot at most: past that, its copy and
+    /// installer go on outside the cap, so that no container (whatever its
+    /// programs do) delays another's install longer.
+    slot_hold_secs => slot_hold: Secs = 120,
+}
+
 /// `containers."<vmid>"`: whether NVIDIA is requested, and overrides.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ContainerOverrides {
@@ -182,28 +288,12 @@ pub struct Config {
     /// Accept a runfile without a trusted digest (plain http without
     /// `runfile_sha256`, or https where NVIDIA publishes no `.sha256sum`).
     pub allow_unverified_download: bool,
-    /// At most this many installers run at once on the host (a boot with many
-    /// GPU containers otherwise saturates the disk).
-    pub max_concurrent_installs: Option<u32>,
-    /// Seconds one installer run may take before it is killed.
-    pub installer_timeout_secs: Option<u64>,
-    /// Seconds any other short command in the container (nvidia-smi,
-    /// mktemp, rm) may take.
-    pub command_timeout_secs: Option<u64>,
-    /// Seconds a download may stall (connect, or no data) before the attempt
-    /// is abandoned and retried.
-    pub download_timeout_secs: Option<u64>,
-    /// Seconds every host-side read of a container's files may take (a
-    /// tenant's file system that never answers): then "cannot tell".
-    pub read_timeout_secs: Option<u64>,
-    /// Seconds one container's install may take in all, waits included.
-    pub install_budget_secs: Option<u64>,
-    /// Seconds an install in the foreground waits for a free slot.
-    pub slot_wait_secs: Option<u64>,
-    /// The largest download accepted, in MB (10^6 bytes).
-    pub max_download_mb: Option<u64>,
-    /// Seconds one download attempt may take in all.
-    pub download_max_secs: Option<u64>,
+    /// The numeric settings, as the file has them; resolved in `limits`.
+    #[serde(flatten)]
+    pub limit_keys: LimitKeys,
+    /// The numeric settings resolved and checked at load.
+    #[serde(skip)]
+    pub limits: Limits,
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
@@ -221,10 +311,6 @@ pub struct Loaded {
 }
 
 impl Config {
-    pub fn read_timeout_secs(&self) -> u64 {
-        self.read_timeout_secs.unwrap_or(5)
-    }
-
     pub fn overrides(&self, vmid: Vmid) -> Option<&ContainerOverrides> {
         self.containers.get(&vmid.to_string())
     }
@@ -254,17 +340,7 @@ impl Config {
             background: l.background.unwrap_or(true),
             graphics: l.graphics.unwrap_or(false),
             allow_unverified_download: self.allow_unverified_download,
-            max_concurrent_installs: self.max_concurrent_installs.unwrap_or(2),
-            installer_timeout_secs: self.installer_timeout_secs.unwrap_or(1800),
-            command_timeout_secs: self.command_timeout_secs.unwrap_or(60),
-            download_timeout_secs: self.download_timeout_secs.unwrap_or(60),
-            install_budget_secs: self.install_budget_secs.unwrap_or(3600),
-            slot_wait_secs: self.slot_wait_secs.unwrap_or(600),
-            max_download_bytes: self
-                .max_download_mb
-                .unwrap_or(8192)
-                .saturating_mul(1_000_000),
-            download_max_secs: self.download_max_secs.unwrap_or(3600),
+            limits: self.limits,
         }
     }
 }
@@ -281,14 +357,7 @@ pub struct Settings {
     pub background: bool,
     pub graphics: bool,
     pub allow_unverified_download: bool,
-    pub max_concurrent_installs: u32,
-    pub installer_timeout_secs: u64,
-    pub command_timeout_secs: u64,
-    pub download_timeout_secs: u64,
-    pub install_budget_secs: u64,
-    pub slot_wait_secs: u64,
-    pub max_download_bytes: u64,
-    pub download_max_secs: u64,
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -364,7 +433,8 @@ mod tests {
             "compute-only by default"
         );
         assert_eq!(s.all_dependencies(), DEFAULT_DEPENDENCIES);
-        assert_eq!(s.max_concurrent_installs, 2);
+        assert_eq!(s.limits.max_concurrent_installs, 2);
+        assert_eq!(s.limits.read_timeout, Duration::from_secs(5));
         let v: DriverVersion = "550.54.14".parse().unwrap();
         assert_eq!(
             s.runfile_urls(&v)[0],

@@ -1,15 +1,23 @@
-//! The container: everything that runs inside it goes through [`Exec`]
-//! (`lxc-attach` in production), and everything read from it goes through
-//! [`rootfs::RootFs`], confined to its root file system. Nothing is ever
+//! The container, and the trust boundary: everything that runs inside it
+//! goes through [`Exec`] (`lxc-attach` in production), and everything the
+//! host reads of its files goes through one door, [`probe::Probe`]: a child
+//! forked for each read, confined to the container's root
+//! ([`confined`]), that the caller abandons at a deadline. Nothing is ever
 //! written into a container from the host side.
+//!
+//! What is read: [`detect`] (the start-time check), [`inspect`] (`verify`'s
+//! whole inspection), and the parsers of what is read: [`record`]
+//! (nvidia-installer's), [`dpkg`], [`elf`], [`mounts`].
 
 pub mod confined;
+pub mod detect;
 pub mod dpkg;
-pub mod driver;
 pub mod elf;
+pub(crate) mod fork;
+pub mod inspect;
 pub mod mounts;
+pub mod probe;
 pub mod record;
-pub mod rootfs;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,10 +58,24 @@ impl ContainerCommand {
         self
     }
 
+    /// The command as shown in logs and errors: at most [`SHOWN_MAX`]
+    /// bytes, so that arguments taken from a container (package names)
+    /// never make a line of megabytes.
     pub fn display(&self) -> String {
-        self.argv.join(" ")
+        let full = self.argv.join(" ");
+        if full.len() <= SHOWN_MAX {
+            return full;
+        }
+        let mut end = SHOWN_MAX;
+        while !full.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{} … ({} arguments)", &full[..end], self.argv.len())
     }
 }
+
+/// How much of a command line is shown.
+const SHOWN_MAX: usize = 300;
 
 /// The seam between the tool and a container's processes.
 pub trait Exec {

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
 
 /// One line of mountinfo: `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,12 +39,11 @@ pub fn is_local_fstype(fstype: &str) -> bool {
 const MAX_MOUNTINFO: u64 = 4 << 20;
 
 impl MountTable {
-    /// The table in a mountinfo file (`/proc/<pid>/mountinfo`).
-    pub fn read(path: &Path) -> io::Result<MountTable> {
-        let mut text = String::with_capacity(64 * 1024);
-        File::open(path)?
-            .take(MAX_MOUNTINFO)
-            .read_to_string(&mut text)?;
+    /// The table in a mountinfo file (`/proc/<pid>/mountinfo`), opened.
+    pub fn read_from(file: File) -> io::Result<MountTable> {
+        // The kernel writes it a page at a time; one container's is a few KiB.
+        let mut text = String::with_capacity(16 * 1024);
+        file.take(MAX_MOUNTINFO).read_to_string(&mut text)?;
         Ok(MountTable::parse(&text))
     }
 

@@ -129,17 +129,24 @@ impl Record {
             .is_some()
     }
 
-    /// Paths that must exist for the installation to be whole: every
-    /// installed file and symlink, except Vulkan ICD files of a compute-only
-    /// install (they name libGLX_nvidia, which `--no-opengl-files` leaves
-    /// out, and are removed after the installer; see [`is_vulkan_icd`]).
-    pub fn required_paths(&self) -> Vec<&str> {
+    /// What must be in place for workloads, and what each must be: every
+    /// installed file and symlink they may read, except Vulkan ICD files of
+    /// a compute-only install (they name libGLX_nvidia, which
+    /// `--no-opengl-files` leaves out, and are removed after the installer;
+    /// see [`is_vulkan_icd`]). Files no workload reads (documentation,
+    /// manual pages, firmware only the host's kernel loads) are left out: a
+    /// tenant who removes them breaks nothing.
+    pub fn workload_entries(&self) -> Vec<(&str, Expect<'_>)> {
         let graphics = self.has_graphics();
         self.files
             .iter()
-            .map(|(p, _)| p.as_str())
-            .chain(self.symlinks.iter().map(|(p, _)| p.as_str()))
-            .filter(|p| graphics || !is_vulkan_icd(p))
+            .map(|(p, _)| (p.as_str(), Expect::File))
+            .chain(
+                self.symlinks
+                    .iter()
+                    .map(|(p, t)| (p.as_str(), Expect::Link(t.as_str()))),
+            )
+            .filter(|(p, _)| is_read_by_workloads(p) && (graphics || !is_vulkan_icd(p)))
             .collect()
     }
 
@@ -155,6 +162,35 @@ impl Record {
             .filter(|p| is_vulkan_icd(p))
             .collect()
     }
+}
+
+/// What a recorded path must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    File,
+    /// A symlink with exactly this target: workloads follow it.
+    Link(&'a str),
+}
+
+/// Folders whose files no workload reads: the installer's documentation
+/// and manual pages, desktop entries and icons, the GSP firmware (loaded by
+/// the host's kernel, never from a container) and systemd units.
+const NOT_READ_BY_WORKLOADS: [&str; 9] = [
+    "/usr/share/doc/",
+    "/usr/share/man/",
+    "/usr/share/applications/",
+    "/usr/share/pixmaps/",
+    "/lib/firmware/",
+    "/usr/lib/firmware/",
+    "/lib/systemd/",
+    "/usr/lib/systemd/",
+    "/etc/systemd/",
+];
+
+pub fn is_read_by_workloads(path: &str) -> bool {
+    !NOT_READ_BY_WORKLOADS
+        .iter()
+        .any(|dir| path.starts_with(dir))
 }
 
 /// `.../vulkan/icd.d/nvidia_icd.json`, `.../vulkansc/icd.d/...`.
@@ -224,6 +260,18 @@ impl Crc {
     }
 }
 
+/// A record of NVIDIA's form for 550.54.14 with its three key files, and
+/// `extra` entries, for the tests of what reads records.
+#[cfg(test)]
+pub(crate) fn test_record(extra: &str) -> String {
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu";
+    format!(
+        "1.0-5505414 (550.54.14)\nNVIDIA Accelerated Graphics Driver for Linux-x86_64\n\
+         1: /usr/bin/nvidia-smi\n1\n1: {LIB}/libnvidia-ml.so.550.54.14\n2\n\
+         1: {LIB}/libcuda.so.550.54.14\n3\n{extra}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,10 +312,15 @@ libcuda.so.550.144.03
         assert!(r.missing_key_files().is_empty());
         assert!(!r.has_graphics());
         assert_eq!(r.dangling_icds(), ["/etc/vulkan/icd.d/nvidia_icd.json"]);
-        assert!(!r
-            .required_paths()
-            .contains(&"/etc/vulkan/icd.d/nvidia_icd.json"));
-        assert_eq!(r.required_paths().len(), 4);
+        let entries = r.workload_entries();
+        assert!(!entries
+            .iter()
+            .any(|(p, _)| *p == "/etc/vulkan/icd.d/nvidia_icd.json"));
+        assert_eq!(entries.len(), 4);
+        assert!(entries.contains(&(
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+            Expect::Link("libcuda.so.550.144.03")
+        )));
     }
 
     #[test]
@@ -295,8 +348,20 @@ libcuda.so.550.144.03
         assert!(r.has_graphics());
         assert!(r.dangling_icds().is_empty());
         assert!(r
-            .required_paths()
-            .contains(&"/etc/vulkan/icd.d/nvidia_icd.json"));
+            .workload_entries()
+            .contains(&("/etc/vulkan/icd.d/nvidia_icd.json", Expect::File)));
+    }
+
+    #[test]
+    fn documentation_is_not_what_workloads_read() {
+        let r = Record::parse(&format!(
+            "{REAL}1: /usr/share/doc/NVIDIA_GLX-1.0/README.txt\n5\n\
+             1: /usr/share/man/man1/nvidia-smi.1.gz\n6\n\
+             1: /lib/firmware/nvidia/550.144.03/gsp_ga10x.bin\n7\n"
+        ))
+        .unwrap();
+        assert_eq!(r.files.len(), 7);
+        assert_eq!(r.workload_entries().len(), 4);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 
 use super::{apt, must, Job};
 use crate::container::confined::Kind;
+use crate::container::detect::ALTERNATE_INSTALL_MARKER;
 use crate::container::dpkg::is_package_name;
-use crate::container::driver::ALTERNATE_INSTALL_MARKER;
 use crate::container::ContainerCommand;
 
 /// The distribution's driver, in Debian's, Ubuntu's and NVIDIA's CUDA
@@ -86,13 +86,15 @@ fn is_driver_metapackage(name: &str) -> bool {
 }
 
 pub fn run(job: &Job) -> Result<()> {
-    let installed = super::dpkg_packages(job)?;
-    let purge: Vec<String> = installed
-        .iter()
-        .flatten()
-        .filter(|p| p.present() && is_conflicting_package(&p.name))
-        .map(|p| p.name.clone())
-        .collect();
+    let summary = super::packages(job)?.unwrap_or_default();
+    if summary.picked_total > summary.picked.len() {
+        bail!(
+            "the container's dpkg status lists {} NVIDIA driver packages (a driver has about 40): \
+             not purging them; purge the driver's packages yourself, or set \"cleanup\": false",
+            summary.picked_total
+        );
+    }
+    let purge = summary.picked;
     if purge.is_empty() {
         log::info!("no NVIDIA driver packages to purge");
     } else {
@@ -128,11 +130,21 @@ fn refuse_collateral(job: &Job, purge: &[String]) -> Result<()> {
             "purging the distribution's driver ({}) would also remove {}, which depend on it and are kept; \
              replace them with packages that do not depend on a driver package (NVIDIA's cuda-toolkit-*), \
              or purge the driver yourself, then start the container again",
-            purge.join(" "),
-            kept.join(" ")
+            some_of(purge),
+            some_of(&kept)
         );
     }
     Ok(())
+}
+
+/// The first names of a list, and how many more: a line stays a line.
+fn some_of<S: AsRef<str>>(names: &[S]) -> String {
+    const SHOWN: usize = 10;
+    let shown: Vec<&str> = names.iter().take(SHOWN).map(AsRef::as_ref).collect();
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown.join(" "),
+        more => format!("{} and {more} more", shown.join(" ")),
+    }
 }
 
 /// What the installer trips on and no package owns any more: the marker
@@ -140,14 +152,17 @@ fn refuse_collateral(job: &Job, purge: &[String]) -> Result<()> {
 /// folder (a symlink would have the installer write through it). A folder
 /// with an earlier install's record is the installer's to clean up.
 fn remove_remnants(job: &Job) -> Result<()> {
+    let (marker, folder) = job.root.read(|c| {
+        Ok((
+            c.kind(ALTERNATE_INSTALL_MARKER)?,
+            c.kind("/var/lib/nvidia")?,
+        ))
+    })?;
     let mut remnants = Vec::new();
-    if job.root.kind(ALTERNATE_INSTALL_MARKER) != Kind::Missing {
+    if marker != Kind::Missing {
         remnants.push(ALTERNATE_INSTALL_MARKER);
     }
-    if matches!(
-        job.root.kind("/var/lib/nvidia"),
-        Kind::Symlink | Kind::File | Kind::CharDevice | Kind::Other
-    ) {
+    if !matches!(folder, Kind::Missing | Kind::Dir) {
         remnants.push("/var/lib/nvidia");
     }
     if remnants.is_empty() {

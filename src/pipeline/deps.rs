@@ -7,6 +7,7 @@
 use anyhow::{bail, Result};
 
 use super::{apt, must, Job};
+use crate::container::confined::Kind;
 use crate::process::SAFE_PATH;
 use crate::version::DriverVersion;
 
@@ -50,24 +51,18 @@ pub fn run(job: &Job) -> Result<()> {
 }
 
 fn install(job: &Job, wanted: &[String]) -> Result<()> {
-    let installed = super::dpkg_packages(job)?;
+    let packages = super::packages(job)?;
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|d| {
-            !installed
-                .iter()
-                .flatten()
-                .any(|p| p.name == **d && p.state == "installed")
-        })
+        .filter(|d| !packages.iter().any(|p| p.installed.contains(d)))
         .map(String::as_str)
         .collect();
     if missing.is_empty() {
         log::info!("dependencies already installed: {}", wanted.join(" "));
         return Ok(());
     }
-    if installed.is_none()
-        || job.root.kind("/usr/bin/apt-get") != crate::container::confined::Kind::File
-    {
+    let has_apt = job.root.read(|c| c.kind("/usr/bin/apt-get"))? == Kind::File;
+    if packages.is_none() || !has_apt {
         bail!(
             "the container has no apt-get (ostype: {}); install {} yourself, or set \"dependencies\" to what the container already has",
             job.ostype.unwrap_or("unknown"),
@@ -87,8 +82,8 @@ fn install(job: &Job, wanted: &[String]) -> Result<()> {
 fn prerequisites(job: &Job) -> Result<()> {
     let programs = required_programs(job.host);
     let names: Vec<&'static str> = programs.iter().map(|(p, _)| *p).collect();
-    let found = job.root.run(move |c| {
-        names
+    let found = job.root.read(|c| {
+        Ok(names
             .iter()
             .map(|name| {
                 // Where nvidia-installer looks: the PATH it runs with (ours,
@@ -97,7 +92,7 @@ fn prerequisites(job: &Job) -> Result<()> {
                     .split(':')
                     .any(|dir| c.executable(&format!("{dir}/{name}")).unwrap_or(false))
             })
-            .collect::<Vec<bool>>()
+            .collect::<Vec<bool>>())
     })?;
     let missing: Vec<String> = programs
         .iter()

@@ -2,7 +2,7 @@
 //! runfile → cleanup → dependencies → driver → cuda → verify.
 //!
 //! Every step inside the container goes through [`Exec`]; host-side reads of
-//! the container go through [`RootFs`]. The whole install has a time budget,
+//! the container go through its [`Probe`]. The whole install has a time budget,
 //! and a host-wide install slot is held only around the copy and the
 //! installer: never around a download, nor around the apt stages, whose
 //! length the tenant's own programs decide.
@@ -12,14 +12,16 @@ mod deps;
 mod push;
 mod verify;
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::Settings;
+use crate::container::confined::ReadError;
+use crate::container::detect::InstalledDriver;
 use crate::container::dpkg;
-use crate::container::driver::InstalledDriver;
-use crate::container::rootfs::RootFs;
+use crate::container::probe::Probe;
 use crate::container::{ContainerCommand, Exec};
 use crate::process::Output;
 use crate::runfile::{Fetcher, Runfile, Source};
@@ -36,7 +38,7 @@ pub struct Job<'a> {
     pub installed: &'a InstalledDriver,
     pub ostype: Option<&'a str>,
     pub exec: &'a dyn Exec,
-    pub root: &'a RootFs,
+    pub root: &'a Probe,
     pub fetcher: &'a Fetcher<'a>,
     pub locks: &'a Locks,
     pub budget: Budget,
@@ -49,14 +51,14 @@ pub struct Job<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     deadline: Instant,
-    secs: u64,
+    total: Duration,
 }
 
 impl Budget {
-    pub fn new(secs: u64) -> Budget {
+    pub fn new(total: Duration) -> Budget {
         Budget {
-            deadline: Instant::now() + Duration::from_secs(secs),
-            secs,
+            deadline: Instant::now() + total,
+            total,
         }
     }
 
@@ -67,7 +69,7 @@ impl Budget {
         if left.is_zero() {
             bail!(
                 "the install used up its budget of {}s (install_budget_secs)",
-                self.secs
+                self.total.as_secs()
             );
         }
         Ok(wanted.min(left))
@@ -149,8 +151,7 @@ fn obtain_driver_runfile(job: &Job) -> Result<Runfile> {
 impl Job<'_> {
     /// The time limit for quick commands in the container, within the budget.
     fn quick(&self) -> Result<Duration> {
-        self.budget
-            .limit(Duration::from_secs(self.settings.command_timeout_secs))
+        self.budget.limit(self.settings.limits.command_timeout)
     }
 }
 
@@ -171,20 +172,36 @@ fn must(job: &Job, cmd: ContainerCommand) -> Result<Output> {
     Ok(out)
 }
 
-/// The container's packages, from its dpkg database read on the host side
-/// (no `dpkg-query` of the tenant's runs); None when it has no dpkg.
-fn dpkg_packages(job: &Job) -> Result<Option<Vec<dpkg::Package>>> {
-    let text = job
+/// Driver packages a purge takes at most: a real driver has about 40.
+const MAX_PURGE: usize = 100;
+
+/// What the install needs of the container's packages (which dependencies
+/// are installed, which driver packages are present), worked out from its
+/// dpkg database in the reader (no `dpkg-query` of the tenant's runs, and
+/// only bounded answers cross); None when it has no dpkg.
+fn packages(job: &Job) -> Result<Option<dpkg::Summary>> {
+    let wanted = job.settings.all_dependencies();
+    let summary = job
         .root
-        .run(|c| c.read_head(dpkg::STATUS, dpkg::MAX_STATUS))?
+        .read(|c| {
+            let Some((file, _)) = c.open_file(dpkg::STATUS)? else {
+                return Ok(None);
+            };
+            let status = std::io::BufReader::new(file.take(dpkg::MAX_STATUS));
+            dpkg::summarize(status, &wanted, cleanup::is_conflicting_package, MAX_PURGE)
+                .map(Some)
+                .map_err(|e| ReadError::io(dpkg::STATUS, e))
+        })
         .with_context(|| format!("reading the container's {}", dpkg::STATUS))?;
-    Ok(text.map(|t| {
-        let (packages, rejected) = dpkg::parse_status(&String::from_utf8_lossy(&t));
-        if rejected > 0 {
-            log::warn!("{rejected} package name(s) in the container's dpkg status break Debian's rules; ignored");
+    if let Some(s) = &summary {
+        if s.rejected > 0 {
+            log::warn!(
+                "{} package name(s) in the container's dpkg status break Debian's rules; ignored",
+                s.rejected
+            );
         }
-        packages
-    }))
+    }
+    Ok(summary)
 }
 
 /// One apt-get: up to 300 s for the dpkg lock (an unattended upgrade in
@@ -204,17 +221,18 @@ mod tests {
 
     #[test]
     fn a_spent_budget_is_an_error() {
-        let budget = Budget::new(0);
+        let budget = Budget::new(Duration::ZERO);
         let err = budget
             .limit(Duration::from_secs(5))
             .unwrap_err()
             .to_string();
         assert!(err.contains("install_budget_secs"), "{err}");
-        let plenty = Budget::new(3600);
+        let plenty = Budget::new(Duration::from_secs(3600));
         assert_eq!(
             plenty.limit(Duration::from_secs(5)).unwrap(),
             Duration::from_secs(5)
         );
-        assert!(Budget::new(2).limit(Duration::from_secs(60)).unwrap() <= Duration::from_secs(2));
+        let two = Duration::from_secs(2);
+        assert!(Budget::new(two).limit(Duration::from_secs(60)).unwrap() <= two);
     }
 }

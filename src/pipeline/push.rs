@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::{in_ct, must, Job};
-use crate::container::driver::{INSTALLER_LOG, INSTALLER_RECORD};
-use crate::container::record::{is_vulkan_icd, Record};
+use crate::container::confined::ReadError;
+use crate::container::detect::{read_record, INSTALLER_LOG};
 use crate::container::ContainerCommand;
 use crate::logging::size;
 use crate::process::last_lines;
@@ -61,9 +61,9 @@ pub fn push_and_run(job: &Job, runfile: &Runfile, installer: &Installer) -> Resu
         );
     }
     let result = check_space(job, runfile, &dir).and_then(|()| {
-        let slots = job.settings.max_concurrent_installs;
+        let slots = job.settings.limits.max_concurrent_installs;
         let wait = if job.foreground {
-            Duration::from_secs(job.settings.slot_wait_secs)
+            job.settings.limits.slot_wait
         } else {
             Duration::MAX
         };
@@ -88,12 +88,9 @@ fn check_space(job: &Job, runfile: &Runfile, dir: &str) -> Result<()> {
         .stated_payload()
         .unwrap_or(runfile.size.saturating_mul(SPACE_FACTOR - 1) / 2);
     let tmp = format!("{dir}/");
-    let (tmp_free, tmp_fs, root_free, root_fs) =
-        job.root.run(move |c| -> std::io::Result<_> {
-            let (tf, tfs) = c.free_and_fs(&tmp)?;
-            let (rf, rfs) = c.free_and_fs("/usr")?;
-            Ok((tf, tfs, rf, rfs))
-        })??;
+    let ((tmp_free, tmp_fs), (root_free, root_fs)) = job
+        .root
+        .read(|c| Ok((c.free_and_fs(&tmp)?, c.free_and_fs("/usr")?)))?;
     // Extraction beside the runfile; the installed files on /usr.
     let mut needs = vec![(
         CONTAINER_TMP,
@@ -188,12 +185,19 @@ fn stream_into(job: &Job, runfile: &Runfile, dir: &str) -> Result<String> {
             runfile.name
         ),
     }
-    let copied = job.root.file_size(&target).with_context(|| {
-        format!(
-            "the copy of {} in the container cannot be looked at; the installer was not run",
-            runfile.name
-        )
-    })?;
+    let copied = job
+        .root
+        .read(|c| {
+            c.open_file(&target)?
+                .map(|(_, size)| size)
+                .ok_or_else(|| ReadError::io(&target, rustix::io::Errno::NOENT))
+        })
+        .with_context(|| {
+            format!(
+                "the copy of {} in the container cannot be looked at; the installer was not run",
+                runfile.name
+            )
+        })?;
     if copied != runfile.size {
         bail!(
             "the copy of {} in the container has {copied} bytes, not the {} sent: it changed on its way; \
@@ -219,9 +223,7 @@ fn run_installer(
     }
     let label = installer.label;
     log::info!("running {label} installer {}", runfile.name);
-    let timeout = job
-        .budget
-        .limit(Duration::from_secs(job.settings.installer_timeout_secs))?;
+    let timeout = job.budget.limit(job.settings.limits.installer_timeout)?;
     let mut cmd = ContainerCommand::new(&argv, timeout).env("TMPDIR", dir);
     cmd.max_stdout = 256 * 1024;
     let out = job.exec.exec(cmd)?;
@@ -238,7 +240,7 @@ fn run_installer(
 }
 
 fn installer_log_tail(job: &Job) -> String {
-    match job.root.read_tail(INSTALLER_LOG, 4096) {
+    match job.root.read(|c| c.read_tail(INSTALLER_LOG, 4096)) {
         Ok(Some(bytes)) => format!(
             "{INSTALLER_LOG}: {}",
             last_lines(&String::from_utf8_lossy(&bytes), 4)
@@ -252,18 +254,16 @@ fn installer_log_tail(job: &Job) -> String {
 /// fails every application that asks for a device. The ICD goes; a
 /// graphics install keeps it.
 pub fn remove_dangling_icds(job: &Job) -> Result<()> {
-    let text = job
-        .root
-        .run(|c| c.read_head(INSTALLER_RECORD, 1 << 20))??
-        .unwrap_or_default();
-    let Ok(record) = Record::parse(&String::from_utf8_lossy(&text)) else {
-        return Ok(());
-    };
-    let icds: Vec<&str> = record
-        .dangling_icds()
-        .into_iter()
-        .filter(|p| is_vulkan_icd(p))
-        .collect();
+    let icds: Vec<String> = job.root.read(|c| {
+        Ok(match read_record(c)? {
+            Some(Ok(record)) => record
+                .dangling_icds()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        })
+    })?;
     if icds.is_empty() {
         return Ok(());
     }
@@ -272,7 +272,7 @@ pub fn remove_dangling_icds(job: &Job) -> Result<()> {
         icds.join(" ")
     );
     let mut argv = vec!["rm", "-f", "--"];
-    argv.extend(icds);
+    argv.extend(icds.iter().map(String::as_str));
     must(job, ContainerCommand::new(&argv, job.quick()?))?;
     Ok(())
 }

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Settings;
-use crate::container::confined::Kind;
-use crate::container::driver::{self, Capabilities, InstalledDriver};
-use crate::container::rootfs::RootFs;
+use crate::container::confined::{Confined, Kind, ReadError};
+use crate::container::detect::{self, InstalledDriver};
+use crate::container::inspect::{self, Capabilities};
+use crate::container::probe::Probe;
 use crate::container::{ContainerCommand, Exec};
 use crate::version::{self, DriverVersion};
 
@@ -41,18 +44,17 @@ impl Verified {
 /// limit (in an install, what is left of its budget).
 pub fn verify(
     exec: &dyn Exec,
-    root: &RootFs,
+    root: &Probe,
     host: &DriverVersion,
     settings: &Settings,
     quick: Duration,
 ) -> Result<Verified> {
     // The host's own driver, bind-mounted: no record of an install to read;
     // what workloads get is what nvidia-smi and the nodes say.
-    if let InstalledDriver::HostProvided(_) = driver::detect_in(root) {
+    if let InstalledDriver::HostProvided(_) = detect::detect_in(root) {
         let reported = verify_driver(exec, root, host, quick)?;
-        let missing = missing_nodes(root);
-        if !missing.is_empty() {
-            bail!("{} missing in the container", missing.join(", "));
+        if !nodes(root)?.uvm {
+            bail!("{UVM} missing in the container");
         }
         return Ok(Verified {
             reported,
@@ -61,7 +63,7 @@ pub fn verify(
             host_provided: true,
         });
     }
-    let inspection = driver::inspect(root)?;
+    let inspection = inspect::inspect(root, settings.limits.verify_timeout)?;
     if &inspection.version != host {
         // What workloads see of it, too.
         let seen = match verify_driver(exec, root, host, quick) {
@@ -76,9 +78,10 @@ pub fn verify(
     if let Some((first, rest)) = inspection.problems.split_first() {
         // A record lists thousands of files: name a few, count the rest.
         const NAMED: usize = 5;
+        let more = rest.len() + inspection.more_problems;
         bail!(
             "the installation is not whole: {first}{}{}",
-            match rest.len() {
+            match more {
                 0 => String::new(),
                 n => format!(
                     "; and {n} more: {}",
@@ -89,16 +92,14 @@ pub fn verify(
                         .join("; ")
                 ),
             },
-            if rest.len() > NAMED { "; …" } else { "" }
+            if more > NAMED { "; …" } else { "" }
         );
     }
     let reported = verify_driver(exec, root, host, quick)?;
-    let missing = missing_nodes(root);
-    if !missing.is_empty() {
+    if !nodes(root)?.uvm {
         bail!(
-            "{} missing in the container: CUDA and NVENC/NVDEC in applications need it (nvidia-smi does not); \
-             pass it (pct set <vmid> --devN /dev/nvidia-uvm) and restart the container",
-            missing.join(", ")
+            "{UVM} missing in the container: CUDA and NVENC/NVDEC in applications need it (nvidia-smi does not); \
+             pass it (pct set <vmid> --devN {UVM}) and restart the container"
         );
     }
     if settings.cuda.is_some() {
@@ -112,42 +113,56 @@ pub fn verify(
     })
 }
 
-/// The nodes nvidia-smi needs that the container lacks: `/dev/nvidiactl`
-/// and at least one `/dev/nvidiaN` (whichever it was given). `/dev/nvidia-uvm`
-/// is [`missing_nodes`]': CUDA needs it, nvidia-smi does not.
-fn missing_gpu_nodes(root: &RootFs) -> Vec<String> {
-    let listed = root
-        .run(|c| c.list_dir("/dev", 4096))
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let has_gpu = listed.iter().any(|n| {
+const UVM: &str = "/dev/nvidia-uvm";
+
+/// The device nodes workloads open, as the container has them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Nodes {
+    ctl: bool,
+    /// Any `/dev/nvidiaN` (whichever it was given).
+    gpu: bool,
+    /// CUDA needs it, nvidia-smi does not.
+    uvm: bool,
+}
+
+fn nodes(root: &Probe) -> Result<Nodes> {
+    Ok(root.read(nodes_in)?)
+}
+
+fn nodes_in(c: &Confined) -> Result<Nodes, ReadError> {
+    let present = |path: &str| -> Result<bool, ReadError> { Ok(c.kind(path)? != Kind::Missing) };
+    let gpu = c.list_dir("/dev", 4096)?.iter().any(|n| {
         n.strip_prefix("nvidia")
             .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
     });
+    Ok(Nodes {
+        ctl: present("/dev/nvidiactl")?,
+        gpu,
+        uvm: present(UVM)?,
+    })
+}
+
+/// The nodes nvidia-smi needs that the container lacks: `/dev/nvidiactl`
+/// and at least one `/dev/nvidiaN`.
+fn missing_gpu_nodes(root: &Probe) -> Vec<String> {
+    let Ok(nodes) = nodes(root) else {
+        return Vec::new();
+    };
     let mut missing = Vec::new();
-    if root.kind("/dev/nvidiactl") == Kind::Missing {
+    if !nodes.ctl {
         missing.push("/dev/nvidiactl".to_string());
     }
-    if !has_gpu {
+    if !nodes.gpu {
         missing.push("/dev/nvidia0 (or any /dev/nvidiaN)".to_string());
     }
     missing
-}
-
-fn missing_nodes(root: &RootFs) -> Vec<String> {
-    if root.kind("/dev/nvidia-uvm") == Kind::Missing {
-        vec!["/dev/nvidia-uvm".to_string()]
-    } else {
-        Vec::new()
-    }
 }
 
 /// `nvidia-smi` inside reports exactly the host's version. A missing device
 /// node is named: that is a passthrough problem, not a reason to reinstall.
 pub fn verify_driver(
     exec: &dyn Exec,
-    root: &RootFs,
+    root: &Probe,
     host: &DriverVersion,
     timeout: Duration,
 ) -> Result<DriverVersion> {

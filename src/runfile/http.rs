@@ -212,6 +212,7 @@ fn stream(
     // A person watching gets a bar; logs get a line every few seconds.
     let tty = std::io::stderr().is_terminal();
     loop {
+        crate::cancel::check().map_err(|c| refused(c.into()))?;
         let n = reader
             .read(&mut buf)
             .with_context(|| format!("reading {shown}"))

@@ -11,6 +11,7 @@
 #                                           libcuda from Debian's packages, 535.261.03 only)
 #   sandbox.sh debs                         Debian's NVIDIA packages, cached; prints their folder
 #   sandbox.sh fuse-blackhole               the hostile FUSE daemon, built once; prints its path
+#   sandbox.sh uffd-trap                    the tenant's userfaultfd trap, built once; prints its path
 #   sandbox.sh cuda-runfile DIR             builds DIR/cuda_12.4.1_550.54.15_linux.run
 #   sandbox.sh host-version WORK VERSION    the host "loads" driver VERSION
 #   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS] [OPTION...]
@@ -23,8 +24,14 @@
 #                                           (Proxmox's default: ids mapped from 100000),
 #                                           dev[=MODE] (the nodes passed as Proxmox's devN
 #                                           entries: mknod'ed 0660 or MODE, owned by the
-#                                           container's root, bound in)
+#                                           container's root, bound in), volume (the root
+#                                           on an ext4 volume of its own, mounted at
+#                                           <lxcpath>/VMID/rootfs as Proxmox's pre-start
+#                                           hook mounts a volume; `sandbox.sh umount VMID`
+#                                           unmounts it as its post-stop hook does)
 #   sandbox.sh down VMID                    stops and destroys it
+#   sandbox.sh umount VMID                  unmounts a stopped container's volume (fails
+#                                           while anything still holds it)
 #   sandbox.sh cluster WORK NODE...         a simulated cluster: WORK/cluster is the shared
 #                                           /etc/pve, WORK/node-NODE each node (its view of
 #                                           /etc/pve, its own /var/lib/vz under root/, its bin)
@@ -171,6 +178,15 @@ fuse_blackhole() {
     echo "$cache/fuse-blackhole"
 }
 
+uffd_trap() {
+    mkdir -p "$cache"
+    if [ ! -x "$cache/uffd-trap" ] || [ "$here/stand-in/uffd-trap.c" -nt "$cache/uffd-trap" ]; then
+        cc -static -O2 -pthread -o "$cache/uffd-trap.tmp" "$here/stand-in/uffd-trap.c" >&2
+        mv "$cache/uffd-trap.tmp" "$cache/uffd-trap"
+    fi
+    echo "$cache/uffd-trap"
+}
+
 cuda_runfile() {
     local dir=$1 stage
     stage=$(mktemp -d)
@@ -201,7 +217,7 @@ host_version() {
 
 up() {
     local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
-    local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660
+    local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660 volume=no
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
@@ -212,6 +228,7 @@ up() {
             unprivileged) unprivileged=yes ;;
             dev) dev=yes ;;
             dev=*) dev=yes; dev_mode=${opt#dev=} ;;
+            volume) volume=yes ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
@@ -232,6 +249,14 @@ up() {
         offset=100000
         shift_ids "$dir/rootfs" "$offset"
     fi
+    local rootfs_path="dir:$dir/rootfs"
+    if [ "$volume" = yes ]; then
+        truncate -s 2G "$dir/rootfs.img"
+        mkfs.ext4 -q -F -d "$dir/rootfs" "$dir/rootfs.img"
+        rm -rf "$dir/rootfs"
+        mkdir "$dir/rootfs"
+        mount -o loop "$dir/rootfs.img" "$dir/rootfs"
+    fi
     # Proxmox's devN: nodes made by its pre-start hook (mode 0660 unless
     # mode=, owned by the container's root through the idmap), bound in by
     # its autodev hook. The sandbox's GPU "nodes" are files.
@@ -249,7 +274,7 @@ up() {
         echo "arch: amd64"
         echo "hostname: ct$vmid"
         echo "ostype: debian"
-        echo "rootfs: dir:$dir/rootfs"
+        echo "rootfs: $rootfs_path"
         [ -n "$tags" ] && echo "tags: $tags"
         [ "$fuse" = yes ] && echo "features: fuse=1"
         [ "$unprivileged" = yes ] && echo "unprivileged: 1"
@@ -274,7 +299,7 @@ up() {
     } > "$work/pve/lxc/$vmid.conf"
     {
         echo "lxc.uts.name = ct$vmid"
-        echo "lxc.rootfs.path = dir:$dir/rootfs"
+        echo "lxc.rootfs.path = $rootfs_path"
         echo "lxc.net.0.type = none"
         echo "lxc.include = /usr/share/lxc/config/common.conf"
         echo "lxc.apparmor.profile = unconfined"
@@ -311,7 +336,7 @@ up() {
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
         fi
     } > "$dir/config"
-    lxc-start -n "$vmid" -d
+    lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
 
@@ -373,13 +398,16 @@ migrate() {
     lxc-stop -n "$vmid" -k
     mv "$work/cluster/nodes/$from/lxc/$vmid.conf" "$work/cluster/nodes/$to/lxc/$vmid.conf"
     sed -i "s#$work/node-$from/#$work/node-$to/#g" "$work/cluster/nodes/$to/lxc/$vmid.conf" "$dir/config"
-    lxc-start -n "$vmid" -d
+    lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
 
 down() {
     local vmid=$1
     lxc-stop -n "$vmid" -k 2>/dev/null || true
+    if mountpoint -q "$lxcpath/$vmid/rootfs"; then
+        umount "$lxcpath/$vmid/rootfs" 2>/dev/null || umount -l "$lxcpath/$vmid/rootfs"
+    fi
     lxc-destroy -n "$vmid" 2>/dev/null || rm -rf "${lxcpath:?}/$vmid"
 }
 
@@ -390,11 +418,13 @@ case "$cmd" in
     runfile) runfile "$@" ;;
     debs) debs ;;
     fuse-blackhole) fuse_blackhole ;;
+    uffd-trap) uffd_trap ;;
     cluster) cluster "$@" ;;
     migrate) migrate "$@" ;;
     cuda-runfile) cuda_runfile "$@" ;;
     host-version) host_version "$@" ;;
     up) up "$@" ;;
     down) down "$@" ;;
+    umount) umount "$lxcpath/$1/rootfs" ;;
     *) sed -n '2,32p' "$0" >&2; exit 2 ;;
 esac

@@ -20,12 +20,12 @@ pub const V2: &str = "550.90.07";
 /// containers shares one mirror.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn sandbox_script() -> PathBuf {
+pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/sandbox.sh")
 }
 
 pub fn sh(args: &[&str]) -> Output {
-    let out = Command::new(sandbox_script()).args(args).output().unwrap();
+    let out = Command::new(script()).args(args).output().unwrap();
     assert!(out.status.success(), "sandbox.sh {args:?}: {}", text(&out));
     out
 }
@@ -222,7 +222,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         for vmid in &self.vmids {
-            let _ = Command::new(sandbox_script())
+            let _ = Command::new(script())
                 .args(["down", &vmid.to_string()])
                 .output();
         }

@@ -1,13 +1,12 @@
 //! Inside the running container: its driver, the nodes it sees, nvidia-smi
 //! (and nvcc), and room for an install.
 
-use std::time::Duration;
-
 use super::access::Passed;
 use super::host::Node;
 use super::{Level, Report};
 use crate::container::confined::Kind;
-use crate::container::driver::{self, InstalledDriver};
+use crate::container::detect::{self, InstalledDriver};
+use crate::container::inspect;
 use crate::container::LxcAttach;
 use crate::context::{Ctx, Target};
 use crate::pipeline;
@@ -44,7 +43,7 @@ pub(super) fn checks(
         }
     };
     report.add(scope, "running", Level::Ok, "yes", None);
-    let installed = driver::detect_in(&root);
+    let installed = detect::detect_in(&root);
     match (&installed, host) {
         (InstalledDriver::Installed(v), Some(h)) if v == h => report.add(
             scope,
@@ -107,7 +106,7 @@ pub(super) fn checks(
         ),
     }
     if matches!(installed, InstalledDriver::Installed(_)) {
-        match driver::inspect(&root) {
+        match inspect::inspect(&root, target.settings.limits.verify_timeout) {
             Ok(found) if found.problems.is_empty() => report.add(
                 scope,
                 "installation",
@@ -130,13 +129,14 @@ pub(super) fn checks(
     }
     for node in nodes.iter().filter(|n| n.required() && passed.contains(n)) {
         let path = format!("/dev/{}", node.name);
-        match root.kind(&path) {
-            Kind::CharDevice => report.add(scope, "node inside", Level::Ok, format!("{path} present"), None),
-            Kind::Missing => report.add(scope, "node inside", Level::Fail, format!("{path} missing inside"), Some(format!("restart the container (pct reboot {vmid}); if the node appeared on the host after it started, it needs a restart"))),
-            _ => report.add(scope, "node inside", Level::Warn, format!("{path} present but not a character device"), None),
+        match root.read(|c| c.kind(&path)) {
+            Err(e) => report.add(scope, "node inside", Level::Warn, format!("{path}: cannot tell: {e}"), None),
+            Ok(Kind::CharDevice) => report.add(scope, "node inside", Level::Ok, format!("{path} present"), None),
+            Ok(Kind::Missing) => report.add(scope, "node inside", Level::Fail, format!("{path} missing inside"), Some(format!("restart the container (pct reboot {vmid}); if the node appeared on the host after it started, it needs a restart"))),
+            Ok(_) => report.add(scope, "node inside", Level::Warn, format!("{path} present but not a character device"), None),
         }
     }
-    let quick = Duration::from_secs(target.settings.command_timeout_secs);
+    let quick = target.settings.limits.command_timeout;
     match (LxcAttach::new(vmid), host) {
         (Ok(exec), Some(host)) => {
             match pipeline::verify_driver(&exec, &root, host, quick) {
@@ -165,7 +165,10 @@ pub(super) fn checks(
         ),
         (Err(e), _) => report.add(scope, "nvidia-smi", Level::Fail, format!("{e:#}"), None),
     }
-    match root.free_bytes("/var/tmp") {
+    match root
+        .read(|c| c.free_and_fs("/var/tmp"))
+        .map(|(free, _)| free)
+    {
         Ok(free) if free >= TMP_NEEDED => report.add(
             scope,
             "free space",

@@ -1,0 +1,164 @@
+//! The one door through which the host reads a container's files.
+//!
+//! Each read runs in a child forked for it ([`super::fork`]): the child
+//! opens the container's root through its init's `/proc/<pid>` folder,
+//! does the confined walk and reads ([`Confined`]), and sends back a small
+//! typed answer. Whatever the tenant makes the kernel do with that walk (a
+//! lookup queued behind a folder lock it holds through a userfaultfd page,
+//! a FUSE request nobody answers), the caller stops waiting at the
+//! deadline, leaves the child behind and goes on: "cannot tell".
+//!
+//! Between reads the caller holds only the init's pidfd and its
+//! `/proc/<pid>` folder, neither of which keeps any of the container's
+//! file systems alive: a stopped container's volume can be unmounted and
+//! deactivated at once.
+
+use std::cell::Cell;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::confined::{Confined, ReadError};
+use super::fork::{self, ChildError};
+use crate::host::Init;
+
+/// The largest answer a read may send back. What crosses is parsed and
+/// bounded in the child (a verdict, a list of problems, package names),
+/// never a raw file.
+const MAX_ANSWER: usize = 4 << 20;
+
+/// A running container's files, read through a forked child each time.
+pub struct Probe {
+    init: Init,
+    /// The init's `/proc/<pid>` folder: once that process has exited it
+    /// leads nowhere, whoever reuses its pid.
+    proc_dir: OwnedFd,
+    deadline: Duration,
+    /// An earlier read did not answer: the container is holding the
+    /// reader, and every later read fails at once instead of piling up
+    /// children.
+    stuck: Cell<bool>,
+}
+
+impl Probe {
+    /// The container whose init `init` is, reached through `proc_dir` (its
+    /// `/proc/<pid>`, opened while the pidfd showed it alive).
+    pub fn new(init: Init, proc_dir: OwnedFd, deadline: Duration) -> Probe {
+        Probe {
+            init,
+            proc_dir,
+            deadline,
+            stuck: Cell::new(false),
+        }
+    }
+
+    /// `work` on the container's files, in a child, within the read
+    /// deadline (`read_timeout_secs`).
+    pub fn read<T, F>(&self, work: F) -> Result<T, ReadError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(&Confined) -> Result<T, ReadError>,
+    {
+        self.read_within(self.deadline, work)
+    }
+
+    /// [`Probe::read`] with a deadline of its own (a whole inspection reads
+    /// hundreds of MB).
+    pub fn read_within<T, F>(&self, deadline: Duration, work: F) -> Result<T, ReadError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(&Confined) -> Result<T, ReadError>,
+    {
+        if self.stuck.get() {
+            return Err(ReadError::TimedOut(
+                "an earlier read of this container did not answer".into(),
+            ));
+        }
+        if !self.init.alive() {
+            return Err(ReadError::Stopped);
+        }
+        let proc_dir = self.proc_dir.as_fd();
+        let answer = fork::run_in_child(deadline, MAX_ANSWER, &[proc_dir], || {
+            Confined::of_process(proc_dir).and_then(|c| work(&c))
+        });
+        match answer {
+            Ok(result) => result,
+            Err(ChildError::TimedOut(d)) => {
+                self.stuck.set(true);
+                Err(ReadError::TimedOut(format!(
+                    "reading the container's files took longer than {:.1}s; the reader was abandoned",
+                    d.as_secs_f64()
+                )))
+            }
+            Err(e) => Err(ReadError::Reader(e.to_string())),
+        }
+    }
+
+    /// The container's init, to watch it while nothing is being read.
+    pub fn init(&self) -> &Init {
+        &self.init
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::confined::Kind;
+    use std::time::Instant;
+
+    /// A process standing for a container's init: its root is the host's.
+    fn probe_of_a_sleeper(deadline: Duration) -> (std::process::Child, Probe) {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let init = Init::hold(child.id()).unwrap();
+        let proc_dir = rustix::fs::open(
+            format!("/proc/{}", child.id()).as_str(),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        (child, Probe::new(init, proc_dir, deadline))
+    }
+
+    #[test]
+    fn reads_come_back_typed_and_a_stopped_init_is_stopped() {
+        let (mut child, probe) = probe_of_a_sleeper(Duration::from_secs(5));
+        assert_eq!(probe.read(|c| c.kind("/etc")).unwrap(), Kind::Dir);
+        assert!(matches!(
+            probe.read(|c| c.kind("/proc/self")),
+            Err(ReadError::Untrusted(_))
+        ));
+        let missing = probe.read(|c| c.kind("/nowhere/at/all")).unwrap();
+        assert_eq!(missing, Kind::Missing);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(probe.read(|c| c.kind("/etc")), Err(ReadError::Stopped));
+    }
+
+    /// A read that does not answer is abandoned at the deadline, and every
+    /// later read of that container fails at once.
+    #[test]
+    fn a_stuck_read_is_abandoned_and_not_repeated() {
+        let (mut child, probe) = probe_of_a_sleeper(Duration::from_millis(300));
+        let started = Instant::now();
+        let err = probe
+            .read(|_| -> Result<(), ReadError> {
+                std::thread::sleep(Duration::from_secs(30));
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, ReadError::TimedOut(_)), "{err}");
+        assert!(err.cannot_tell());
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let started = Instant::now();
+        let again = probe.read(|c| c.kind("/")).unwrap_err();
+        assert!(matches!(again, ReadError::TimedOut(_)), "{again}");
+        assert!(started.elapsed() < Duration::from_millis(100), "at once");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
