@@ -3,6 +3,7 @@
 //! start task's log. Without a syslog socket, stderr alone.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,20 @@ type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 struct Logger {
     syslog: Option<Mutex<Syslog>>,
     timestamps: bool,
+    /// Bytes logged so far by this process: see [`VOLUME`].
+    written: AtomicUsize,
+    /// The line that says the log ends here was written.
+    ended: AtomicBool,
 }
+
+/// The longest line logged: a line is one event, and what an event quotes
+/// from a container (a program's output, a list of names) is cut here.
+pub const LINE_MAX: usize = 64 * 1024;
+/// What one process (a hook run, an install) logs at most: a real install
+/// logs a few KiB. Past it, only warnings and errors, up to [`VOLUME_HARD`],
+/// then nothing but one line that says so.
+const VOLUME: usize = 1 << 20;
+const VOLUME_HARD: usize = VOLUME + (256 << 10);
 
 static VMID: OnceLock<Vmid> = OnceLock::new();
 static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -41,6 +55,8 @@ pub fn init(opts: Options) {
     let logger = Logger {
         syslog: syslog::unix(formatter).ok().map(Mutex::new),
         timestamps: opts.timestamps,
+        written: AtomicUsize::new(0),
+        ended: AtomicBool::new(false),
     };
     let level = match (opts.verbose, opts.quiet) {
         (true, _) => LevelFilter::Debug,
@@ -86,11 +102,22 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let text = sanitize(&record.args().to_string());
-        let line = match VMID.get() {
+        let text = bounded(&record.args().to_string(), LINE_MAX);
+        let mut line = match VMID.get() {
             Some(vmid) => scoped(*vmid, &text),
             None => text,
         };
+        let total = self.written.fetch_add(line.len(), Ordering::Relaxed) + line.len();
+        match admit(total, record.level() <= Level::Warn) {
+            Admit::Line => {}
+            Admit::Drop if !self.ended.swap(true, Ordering::Relaxed) => {
+                line = format!(
+                    "this process has logged over {} KiB; later lines are left out",
+                    VOLUME >> 10
+                );
+            }
+            Admit::Drop => return,
+        }
         if let Some(syslog) = &self.syslog {
             if let Ok(mut s) = syslog.lock() {
                 let _ = match record.level() {
@@ -111,13 +138,31 @@ impl Log for Logger {
         } else {
             String::new()
         };
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "{stamp}pve-nvidia-hook: {level}{line}"
-        );
+        // One write per line: lines of processes that share the log file
+        // (the install's) are never interleaved.
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(format!("{stamp}pve-nvidia-hook: {level}{line}\n").as_bytes());
     }
 
     fn flush(&self) {}
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Line,
+    Drop,
+}
+
+/// Whether a line that brings this process's log to `total` bytes is
+/// written: within [`VOLUME`] every line, past it warnings and errors up to
+/// [`VOLUME_HARD`].
+fn admit(total: usize, serious: bool) -> Admit {
+    if total <= VOLUME || (serious && total <= VOLUME_HARD) {
+        Admit::Line
+    } else {
+        Admit::Drop
+    }
 }
 
 /// One event, one line, and nothing a terminal acts on: line breaks become
@@ -241,6 +286,16 @@ mod tests {
             sanitize("evil\u{202e}txt.exe\u{2066}"),
             "evil\\u{202e}txt.exe\\u{2066}"
         );
+    }
+
+    #[test]
+    fn a_process_logs_a_bounded_volume() {
+        assert_eq!(admit(1000, false), Admit::Line);
+        assert_eq!(admit(VOLUME + 1, false), Admit::Drop);
+        assert_eq!(admit(VOLUME + 1, true), Admit::Line);
+        assert_eq!(admit(VOLUME_HARD + 1, true), Admit::Drop);
+        let line = bounded(&"x".repeat(10 << 20), LINE_MAX);
+        assert!(line.len() <= LINE_MAX);
     }
 
     #[test]

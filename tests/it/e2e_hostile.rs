@@ -490,3 +490,72 @@ fn e2e_a_lookup_the_tenant_holds_in_the_kernel_holds_no_hook() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Issue 18.4: a tenant lists 300,000 installed packages with long NVIDIA
+/// names in its dpkg status. What the host takes of them is bounded: no
+/// line of the hook's output passes 64 KiB, its whole output stays small,
+/// and the hook with its reader never holds more than 64 MiB.
+#[test]
+#[ignore = "needs root and LXC; `make test` as root runs it"]
+fn e2e_what_a_tenant_writes_stays_small_on_the_host() {
+    use std::io::Write;
+    let mut sb = Sandbox::new("huge");
+    sb.up(9164, true, "nvidia");
+    let status = sb.rootfs(9164).join("var/lib/dpkg/status");
+    let mut text = std::fs::read_to_string(&status).unwrap();
+    text.push('\n');
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&status).unwrap());
+    file.write_all(text.as_bytes()).unwrap();
+    for i in 0..300_000 {
+        writeln!(
+            file,
+            "Package: libnvidia-{i}-{}\nStatus: install ok installed\nVersion: 1\n",
+            "x".repeat(100)
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+    drop(file);
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss-kb=%M", support::BIN, "9164", "post-start"])
+        .env("PVE_NVIDIA_HOOK_CONFIG", sb.dir().join("config.json"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                sb.dir().join("bin").display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    let all = text_of(&out);
+    assert!(
+        all.contains("300000 NVIDIA driver packages"),
+        "{}",
+        &all[..all.len().min(4000)]
+    );
+    let longest = all.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest <= 64 * 1024 + 100, "a line of {longest} bytes");
+    assert!(all.len() < 256 * 1024, "{} bytes of output", all.len());
+    let rss: u64 = all
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss-kb="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rss < 64 * 1024, "peak RSS {rss} KB");
+    eprintln!(
+        "peak RSS of the hook and its reader: {rss} KB; output {} bytes",
+        all.len()
+    );
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
