@@ -108,6 +108,7 @@ pub fn install(
         log: &log_progress,
     };
     let job = Job {
+        vmid,
         settings,
         host,
         installed: &installed,

@@ -27,11 +27,13 @@ use crate::process::Output;
 use crate::runfile::{Fetcher, Runfile, Source};
 use crate::state::Locks;
 use crate::version::{self, DriverVersion};
+use crate::vmid::Vmid;
 
 pub use cleanup::is_conflicting_package;
 pub use verify::{verify, verify_driver, verify_nvcc, Verified};
 
 pub struct Job<'a> {
+    pub vmid: Vmid,
     pub settings: &'a Settings,
     pub host: &'a DriverVersion,
     /// What the decision to install was taken on.

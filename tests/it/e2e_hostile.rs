@@ -12,20 +12,6 @@ use serde_json::Value;
 use crate::sandbox::{Sandbox, V1};
 use crate::support::{self, expect_exit, text};
 
-/// Replaces a program in the container with the tenant's `script`, the real
-/// one kept as `<path>.real`.
-fn replace_program(sb: &Sandbox, vmid: u32, path: &str, script: &str) {
-    let host = sb.rootfs(vmid).join(path.trim_start_matches('/'));
-    std::fs::rename(&host, format!("{}.real", host.display())).unwrap();
-    std::fs::write(&host, script).unwrap();
-    crate::sandbox::chmod(&host, 0o755);
-}
-
-fn restore_program(sb: &Sandbox, vmid: u32, path: &str) {
-    let host = sb.rootfs(vmid).join(path.trim_start_matches('/'));
-    std::fs::rename(format!("{}.real", host.display()), &host).unwrap();
-}
-
 /// Issue 10.1: the runfile reaches the container through a pipe. Root of a
 /// privileged container (host uid 0) whose `cat` reopens its standard input
 /// for writing gets a pipe, not the host's cached file: the cache keeps its
@@ -36,8 +22,7 @@ fn restore_program(sb: &Sandbox, vmid: u32, path: &str) {
 fn e2e_a_privileged_tenant_cannot_write_through_the_runfile_it_is_handed() {
     let mut sb = Sandbox::new("fd0");
     sb.up(9130, true, "nvidia");
-    replace_program(
-        &sb,
+    sb.replace_program(
         9130,
         "/usr/bin/cat",
         "#!/bin/sh\n\
@@ -76,7 +61,7 @@ fn e2e_a_privileged_tenant_cannot_write_through_the_runfile_it_is_handed() {
         "{fds}"
     );
 
-    restore_program(&sb, 9130, "/usr/bin/cat");
+    sb.restore_program(9130, "/usr/bin/cat");
     let out = sb.hook(9130, "post-start");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
@@ -95,8 +80,7 @@ fn e2e_a_privileged_tenant_cannot_write_through_the_runfile_it_is_handed() {
 fn e2e_no_program_in_the_container_gets_the_admins_terminal() {
     let mut sb = Sandbox::new("tty");
     sb.up(9131, true, "nvidia");
-    replace_program(
-        &sb,
+    sb.replace_program(
         9131,
         "/usr/bin/timeout",
         "#!/bin/sh\n\

@@ -214,6 +214,20 @@ impl Sandbox {
         rows[0]["state"].as_str().unwrap().to_string()
     }
 
+    /// Replaces a program in the container with the tenant's `script`, the
+    /// real one kept as `<path>.real`.
+    pub fn replace_program(&self, vmid: u32, path: &str, script: &str) {
+        let host = self.rootfs(vmid).join(path.trim_start_matches('/'));
+        std::fs::rename(&host, format!("{}.real", host.display())).unwrap();
+        std::fs::write(&host, script).unwrap();
+        chmod(&host, 0o755);
+    }
+
+    pub fn restore_program(&self, vmid: u32, path: &str) {
+        let host = self.rootfs(vmid).join(path.trim_start_matches('/'));
+        std::fs::rename(format!("{}.real", host.display()), &host).unwrap();
+    }
+
     pub fn host_version(&self, version: &str) {
         sh(&["host-version", &self.dir().display().to_string(), version]);
     }

@@ -1,21 +1,20 @@
-//! Per-container locks and the last install's result. "Installing" is never a
-//! file that can go stale: it is an flock held by a live process, released by
-//! the kernel when that process dies, however it dies.
+//! Locks: "installing" is never a file that can go stale: it is an flock
+//! held by a live process, released by the kernel when that process dies,
+//! however it dies. All of them live in the tool's own root-only folder.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
-use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::vmid::Vmid;
 
 pub struct Locks {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
 }
 
 /// A held flock, released when dropped (or by the kernel when its holder
@@ -91,39 +90,6 @@ impl Locks {
         flock_writer(&text, major, minor, st.st_ino)
     }
 
-    /// One of `slots` host-wide install slots, waiting at most `limit` for a
-    /// free one. The slots bound how many installers run at once (each
-    /// extracts ~1 GB); they are held only around the copy and the installer.
-    pub fn install_slot(
-        &self,
-        slots: u32,
-        limit: Duration,
-        mut waiting: impl FnMut(),
-    ) -> Result<Held> {
-        let started = Instant::now();
-        let mut told = false;
-        loop {
-            crate::cancel::check()?;
-            for n in 0..slots {
-                if let Some(held) = try_lock(&self.dir, &format!("install-slot-{n}.lock"))? {
-                    return Ok(held);
-                }
-            }
-            if started.elapsed() >= limit {
-                bail!(
-                    "no install slot came free within {}s ({slots} in use by other containers); \
-                     the next start tries again, or raise max_concurrent_installs",
-                    limit.as_secs()
-                );
-            }
-            if !told {
-                waiting();
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
     /// Serialises this node's writers of its published status.
     pub fn publish(&self) -> Result<Held> {
         let fd = open_lock(&self.dir, "publish.lock")?;
@@ -168,7 +134,7 @@ fn flock_writer(text: &str, major: u32, minor: u32, inode: u64) -> Option<u32> {
 }
 
 /// The lock `name` in `dir`, or None when someone holds it.
-fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
+pub(super) fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
     let fd = open_lock(dir, name)?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(Held { _fd: fd })),
@@ -179,7 +145,7 @@ fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
 
 /// A lock file in a private folder: never through a symlink planted at its
 /// name, never a file that is not ours.
-fn open_lock(dir: &Path, name: &str) -> Result<OwnedFd> {
+pub(super) fn open_lock(dir: &Path, name: &str) -> Result<OwnedFd> {
     fsutil::ensure_private_dir(dir)?;
     let path = dir.join(name);
     let fd = rustix::fs::open(
@@ -236,57 +202,4 @@ mod lock_tests {
         assert_eq!(locks.holder(vmid, Path::new("/proc")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LastResult {
-    pub host_version: String,
-    pub ok: bool,
-    pub message: String,
-    pub finished_unix: u64,
-}
-
-pub struct Results {
-    dir: PathBuf,
-}
-
-impl Results {
-    /// `dir`: `paths.state`, this node's own (what each container's last
-    /// install gave, for `status`).
-    pub fn new(dir: &Path) -> Results {
-        Results {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self, vmid: Vmid) -> PathBuf {
-        self.dir.join(format!("{vmid}.result.json"))
-    }
-
-    pub fn record(&self, vmid: Vmid, host_version: &str, outcome: &Result<()>) -> Result<()> {
-        fsutil::ensure_private_dir(&self.dir)?;
-        let result = LastResult {
-            host_version: host_version.to_string(),
-            ok: outcome.is_ok(),
-            message: match outcome {
-                Ok(()) => "installed".to_string(),
-                Err(e) => crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
-            },
-            finished_unix: unix_now(),
-        };
-        let json = serde_json::to_vec_pretty(&result)?;
-        fsutil::write_atomic(&self.path(vmid), &json, 0o600)
-    }
-
-    pub fn last(&self, vmid: Vmid) -> Option<LastResult> {
-        let text = std::fs::read(self.path(vmid)).ok()?;
-        serde_json::from_slice(&text).ok()
-    }
-}
-/// Seconds since the epoch, for what is recorded (0 on a clock before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
