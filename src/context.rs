@@ -190,11 +190,10 @@ impl Ctx {
                 init.pid
             );
         }
-        Ok(Some(Probe::new(
-            init,
-            proc_dir,
-            self.config().limits.read_timeout,
-        )))
+        let marker = self.config().paths.lock.join(format!("{vmid}.reader-left"));
+        Ok(Some(
+            Probe::new(init, proc_dir, self.config().limits.read_timeout).remembering(marker),
+        ))
     }
 
     /// Every container config of this node, by vmid.

@@ -453,6 +453,11 @@ fn e2e_a_lookup_the_tenant_holds_in_the_kernel_holds_no_hook() {
     assert!(out.contains("cannot tell"), "{out}");
     assert!(out.contains("timed out"), "{out}");
     eprintln!("hook: EOF and exit after {took:?}");
+    // The next start leaves no second reader behind: the first is still held.
+    let (code, out, took) = run_as_proxmox(&sb, &["9160", "post-start"], limit);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("still held by it"), "{out}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     let (code, out, _) = run_as_proxmox(&sb, &["status", "--json", "9160"], limit);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("\"state\": \"unknown\""), "{out}");
