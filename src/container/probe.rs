@@ -159,7 +159,12 @@ impl Probe {
             return;
         };
         let text = format!("{pid} {started} {}\n", self.init.pid);
-        if let Err(e) = crate::fsutil::write_atomic(marker, text.as_bytes(), 0o600) {
+        let written = match marker.parent() {
+            Some(dir) => crate::fsutil::ensure_private_dir(dir),
+            None => Ok(()),
+        }
+        .and_then(|()| crate::fsutil::write_atomic(marker, text.as_bytes(), 0o600));
+        if let Err(e) = written {
             log::debug!("{}: {e:#}", marker.display());
         }
     }
