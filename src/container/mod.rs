@@ -13,7 +13,7 @@ pub mod confined;
 pub mod detect;
 pub mod dpkg;
 pub mod elf;
-pub(crate) mod fork;
+pub mod fork;
 pub mod inspect;
 pub mod mounts;
 pub mod probe;
