@@ -1,5 +1,7 @@
-//! The command line, and nothing else: clap definitions only.
+//! The command line, and nothing else: clap definitions, and Proxmox's own
+//! call read without them.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -28,7 +30,7 @@ pub struct Cli {
         long,
         global = true,
         value_name = "PATH",
-        env = "PVE_NVIDIA_HOOK_CONFIG"
+        env = CONFIG_ENV
     )]
     pub config: Option<PathBuf>,
 
@@ -55,6 +57,47 @@ pub enum Command {
     /// `<VMID> <PHASE>`: hookscript mode, as Proxmox calls it.
     #[command(external_subcommand)]
     Hook(Vec<String>),
+}
+
+/// The phases Proxmox runs a container's hookscript in.
+const PROXMOX_PHASES: [&str; 4] = ["pre-start", "post-start", "pre-stop", "post-stop"];
+
+/// The environment variable `--config` falls back to.
+const CONFIG_ENV: &str = "PVE_NVIDIA_HOOK_CONFIG";
+
+/// Proxmox's own call, `<digits> <phase>` with one of its four phases,
+/// read without building clap's parser: that builds every subcommand's
+/// arguments and help first, a fifth of the up-to-date hook's own time.
+/// What clap makes of the same arguments, [`Cli`] as `Cli::parse` gives
+/// it (the test below holds the two together); None for anything else,
+/// which clap then reads (an empty `PVE_NVIDIA_HOOK_CONFIG` included: clap
+/// refuses it).
+pub fn hookscript_call(args: &[OsString], config_env: Option<OsString>) -> Option<Cli> {
+    let [_, vmid, phase] = args else {
+        return None;
+    };
+    let (vmid, phase) = (vmid.to_str()?, phase.to_str()?);
+    if vmid.is_empty() || !vmid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !PROXMOX_PHASES.contains(&phase) {
+        return None;
+    }
+    let config = match config_env {
+        Some(v) if v.is_empty() => return None,
+        v => v.map(PathBuf::from),
+    };
+    Some(Cli {
+        command: Some(Command::Hook(vec![vmid.to_string(), phase.to_string()])),
+        config,
+        verbose: false,
+    })
+}
+
+/// [`Cli`] from this process's arguments.
+pub fn parse() -> Cli {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    hookscript_call(&args, std::env::var_os(CONFIG_ENV)).unwrap_or_else(|| Cli::parse_from(args))
 }
 
 /// The two hookscript arguments, validated: the vmid before anything is read.
@@ -137,4 +180,54 @@ pub struct DoctorArgs {
     pub json: bool,
     /// Containers to check [default: every container that requests NVIDIA].
     pub vmids: Vec<Vmid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        std::iter::once("pve-nvidia-hook")
+            .chain(words.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    /// Proxmox's call read without clap is what clap makes of it, with or
+    /// without a configuration from the environment (clap reads this
+    /// process's, so the bypass is handed the same).
+    #[test]
+    fn proxmox_calls_read_as_clap_reads_them() {
+        let env = std::env::var_os(CONFIG_ENV);
+        for phase in PROXMOX_PHASES {
+            for vmid in ["101", "9650", "0", "99999999999"] {
+                let a = args(&[vmid, phase]);
+                let clap = format!("{:?}", Cli::try_parse_from(&a).unwrap());
+                let fast = hookscript_call(&a, env.clone()).map(|c| format!("{c:?}"));
+                assert_eq!(fast, Some(clap), "{vmid} {phase}");
+            }
+        }
+        let a = args(&["101", "post-start"]);
+        let set = hookscript_call(&a, Some("/etc/x.json".into())).unwrap();
+        assert_eq!(set.config, Some(PathBuf::from("/etc/x.json")));
+        assert!(hookscript_call(&a, Some(OsString::new())).is_none());
+    }
+
+    /// Anything but Proxmox's own call is left to clap.
+    #[test]
+    fn anything_else_goes_to_clap() {
+        for words in [
+            &["101"][..],
+            &["101", "post-start", "x"],
+            &["101", "--help"],
+            &["101", "start"],
+            &["-v", "post-start"],
+            &["status", "post-start"],
+            &["1o1", "post-start"],
+            &["", "post-start"],
+            &["install", "101"],
+        ] {
+            assert!(hookscript_call(&args(words), None).is_none(), "{words:?}");
+        }
+    }
 }

@@ -1,9 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = pve_nvidia_hook::cli::Cli::parse();
+    let cli = pve_nvidia_hook::cli::parse();
     match pve_nvidia_hook::run(cli) {
         Ok(code) => code,
         Err(err) => {
