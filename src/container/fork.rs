@@ -12,7 +12,12 @@
 //! The child is a plain `fork` (no exec): it sees the caller's memory as it
 //! was, so the work may borrow. It logs nothing, prints nothing and takes
 //! no lock of the caller's; glibc's fork handlers keep `malloc` usable in
-//! it. Its answer is JSON of `T`, read up to EOF, capped.
+//! it. Its answer is JSON of `T`, read up to EOF, capped. The child ends
+//! the pipe as its last act, and the caller takes a whole answer without
+//! waiting for the child's exit (the kernel's teardown of a copy of this
+//! process): such a child is reaped later, by its pid, which stays its
+//! own until then (nothing else in this program waits for any child but
+//! its own `std::process::Child`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -60,9 +65,11 @@ enum Answer<T> {
     Panicked(String),
 }
 
-/// Children left behind at their deadline: reaped when they have ended,
-/// at a later call, so that a long-lived caller does not collect zombies.
-static ABANDONED: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// Children not waited for: left behind at their deadline, or done (their
+/// answer whole) and on their way out. Reaped once they have ended, at a
+/// later call, so that a long-lived caller does not collect zombies; the
+/// last ones are reaped by init once the caller exits.
+static UNREAPED: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
 
 /// Runs `work` in a child process and returns its answer, or why there is
 /// none, within `deadline`. `keep` are the only descriptors (beside the
@@ -77,7 +84,7 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> T,
 {
-    reap_abandoned();
+    reap_ended();
     let started = Instant::now();
     let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(fork_error)?;
     let mut kept: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
@@ -138,6 +145,11 @@ fn child<T: Serialize, F: FnOnce() -> T>(
             Err(_) => exit(6),
         }
     }
+    // The answer is whole: its pipe ends now, not when this process has
+    // been torn down, so that the caller has it without waiting for that.
+    // SAFETY: this copy of `answer` is never dropped (the child `_exit`s),
+    // so the descriptor is closed once, and nothing uses it after.
+    unsafe { libc::close(answer.as_raw_fd()) };
     exit(0)
 }
 
@@ -185,35 +197,37 @@ fn parent_side<T: DeserializeOwned>(
     deadline: Duration,
     max_answer: usize,
 ) -> Result<T, ChildError> {
+    let mut answer = Vec::with_capacity(1024);
+    if let Err(e) = read_to_eof(&read, until, max_answer, &mut answer) {
+        abandon(pid);
+        return Err(e.into_child_error(deadline, pid, max_answer));
+    }
+    // A whole answer is the child's last act: it has nothing left to do
+    // but exit, which the caller does not wait for. Its exit status would
+    // say nothing more: a cut answer does not parse.
+    let garbled = match serde_json::from_slice::<Answer<T>>(&answer) {
+        Ok(Answer::Done(value)) => {
+            leave(pid);
+            return Ok(value);
+        }
+        Ok(Answer::Panicked(why)) => {
+            leave(pid);
+            return Err(ChildError::Died(format!("panicked: {why}")));
+        }
+        Err(e) => ChildError::Garbled(format!("does not parse: {e}")),
+    };
+    // No answer, or a cut one: how the child ended says why. Reap it,
+    // unless even its exit takes longer than the deadline. Until it is
+    // reaped its pid is ours, so the pidfd names it.
     let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
         Ok(fd) => fd,
         Err(e) => {
-            // Not waitable through a pidfd: make sure it ends, and reap it
-            // when it has (it is our child, so its pid is ours until then).
-            let _ = rustix::process::kill_process(pid, Signal::KILL);
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            abandon(pid);
             return Err(fork_error(e));
         }
     };
-    let abandon = |pidfd: OwnedFd| {
-        let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
-        ABANDONED
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pidfd);
-    };
-    let mut answer = Vec::new();
-    match read_to_eof(&read, until, max_answer, &mut answer) {
-        Ok(()) => {}
-        Err(e) => {
-            abandon(pidfd);
-            return Err(e.into_child_error(deadline, pid, max_answer));
-        }
-    }
-    // The answer is whole; the child is on its way out. Reap it, unless
-    // even its exit takes longer than the deadline.
     if !wait_readable(pidfd.as_fd(), until) {
-        abandon(pidfd);
+        abandon(pid);
         return Err(ChildError::TimedOut {
             after: deadline,
             pid: pid.as_raw_nonzero().get() as u32,
@@ -223,20 +237,23 @@ fn parent_side<T: DeserializeOwned>(
         .map_err(fork_error)?;
     let status = status.map(|s| (s.exit_status(), s.terminating_signal()));
     match status {
-        Some((Some(0), _)) => {}
-        Some((Some(code), _)) => {
-            return Err(ChildError::Died(format!("exited with status {code}")))
-        }
-        Some((None, Some(sig))) => {
-            return Err(ChildError::Died(format!("was killed by signal {sig}")))
-        }
-        _ => return Err(ChildError::Died("ended in an unknown way".into())),
+        Some((Some(0), _)) => Err(garbled),
+        Some((Some(code), _)) => Err(ChildError::Died(format!("exited with status {code}"))),
+        Some((None, Some(sig))) => Err(ChildError::Died(format!("was killed by signal {sig}"))),
+        _ => Err(ChildError::Died("ended in an unknown way".into())),
     }
-    match serde_json::from_slice::<Answer<T>>(&answer) {
-        Ok(Answer::Done(value)) => Ok(value),
-        Ok(Answer::Panicked(why)) => Err(ChildError::Died(format!("panicked: {why}"))),
-        Err(e) => Err(ChildError::Garbled(format!("does not parse: {e}"))),
-    }
+}
+
+/// A child not waited for, reaped later (see [`UNREAPED`]).
+fn leave(pid: Pid) {
+    UNREAPED.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// A child past its deadline: sent SIGKILL (its pid is still ours: it is
+/// not reaped) and left.
+fn abandon(pid: Pid) {
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
+    leave(pid);
 }
 
 enum ReadFailure {
@@ -264,15 +281,22 @@ fn read_to_eof(
     max: usize,
     into: &mut Vec<u8>,
 ) -> Result<(), ReadFailure> {
-    let mut chunk = [0u8; 16 * 1024];
     loop {
         if !wait_readable(pipe.as_fd(), until) {
             return Err(ReadFailure::Deadline);
         }
-        match rustix::io::read(pipe, &mut chunk) {
+        // Straight into the answer (no buffer of its own to copy from):
+        // what the caller touches after the fork, the kernel copies.
+        if into.len() == into.capacity() {
+            // Room for one byte past `max`, to tell a whole answer of
+            // `max` bytes from a larger one.
+            let room = (max + 1).saturating_sub(into.len());
+            into.reserve(into.len().max(1024).min(room));
+        }
+        match rustix::io::read(pipe, rustix::buffer::spare_capacity(into)) {
             Ok(0) => return Ok(()),
-            Ok(n) if into.len() + n > max => return Err(ReadFailure::TooLarge),
-            Ok(n) => into.extend_from_slice(&chunk[..n]),
+            Ok(_) if into.len() > max => return Err(ReadFailure::TooLarge),
+            Ok(_) => {}
             Err(Errno::INTR | Errno::AGAIN) => {}
             Err(e) => return Err(ReadFailure::Io(e.into())),
         }
@@ -296,16 +320,13 @@ fn wait_readable(fd: BorrowedFd<'_>, until: Instant) -> bool {
     }
 }
 
-/// Reaps children abandoned earlier that have ended since.
-fn reap_abandoned() {
-    let mut left = ABANDONED.lock().unwrap_or_else(|p| p.into_inner());
-    left.retain(|pidfd| {
-        !matches!(
-            rustix::process::waitid(
-                WaitId::PidFd(pidfd.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            ),
-            Ok(Some(_))
+/// Reaps children left earlier that have ended since.
+fn reap_ended() {
+    let mut left = UNREAPED.lock().unwrap_or_else(|p| p.into_inner());
+    left.retain(|pid| {
+        matches!(
+            rustix::process::waitpid(Some(*pid), rustix::process::WaitOptions::NOHANG),
+            Ok(None)
         )
     });
 }
@@ -380,6 +401,29 @@ mod tests {
             "EOF came while the child still ran"
         );
         assert!(sleeper.recv().unwrap().is_ok());
+    }
+
+    /// A whole answer comes back while the child is still being torn down
+    /// (here: a quarter GiB of memory), and a later call reaps it.
+    #[test]
+    fn a_whole_answer_does_not_wait_for_the_childs_exit() {
+        let pid = run_in_child(5 * SECOND, 1 << 16, &[], || {
+            let big = vec![1u8; 256 << 20];
+            std::hint::black_box(&big);
+            std::process::id()
+        })
+        .unwrap();
+        let entry = format!("/proc/{pid}");
+        assert!(
+            std::path::Path::new(&entry).exists(),
+            "the child was waited for"
+        );
+        let started = Instant::now();
+        while std::path::Path::new(&entry).exists() {
+            assert!(started.elapsed() < 10 * SECOND, "never reaped");
+            std::thread::sleep(Duration::from_millis(20));
+            run_in_child(5 * SECOND, 1 << 16, &[], || ()).unwrap();
+        }
     }
 
     #[test]
