@@ -15,7 +15,7 @@
 //! forks and can abandon.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -133,8 +133,9 @@ pub struct Confined {
     /// that process has exited, it reads nothing) and the file's name.
     table_dir: OwnedFd,
     table_name: String,
-    /// Mounts crossed and judged local, held open.
-    crossed: RefCell<HashMap<u64, OwnedFd>>,
+    /// Mounts crossed and judged local, held open. (Ordered maps here:
+    /// a hashed one would ask the kernel for random keys in every reader.)
+    crossed: RefCell<BTreeMap<u64, OwnedFd>>,
 }
 
 const MAX_LINKS: usize = 40;
@@ -220,7 +221,7 @@ impl Confined {
             mounts,
             table_dir,
             table_name: table_name.to_string(),
-            crossed: RefCell::new(HashMap::new()),
+            crossed: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -431,7 +432,7 @@ impl Confined {
         items: &[(&str, X)],
         each: impl Fn(Option<&Folder>, &str, &str, X) -> Result<T, ReadError>,
     ) -> Vec<Result<T, ReadError>> {
-        let mut folders: HashMap<&str, Result<Option<Folder>, ReadError>> = HashMap::new();
+        let mut folders: BTreeMap<&str, Result<Option<Folder>, ReadError>> = BTreeMap::new();
         items
             .iter()
             .map(|&(path, item)| {
