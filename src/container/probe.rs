@@ -240,7 +240,10 @@ mod tests {
     /// reader is gone, reads go on.
     #[test]
     fn a_reader_left_behind_is_remembered_by_later_runs() {
-        let marker = std::env::temp_dir().join(format!("pnh-stuck-{}", std::process::id()));
+        // In a folder of its own, as in the lock folder: the marker is
+        // written only into a private one (never straight into /tmp).
+        let dir = std::env::temp_dir().join(format!("pnh-stuck-{}", std::process::id()));
+        let marker = dir.join("101.reader-left");
         let (mut init, probe) = probe_of_a_sleeper(Duration::from_millis(300));
         let probe = probe.remembering(marker.clone());
         let err = probe
@@ -278,5 +281,6 @@ mod tests {
         assert!(!marker.exists());
         init.kill().unwrap();
         init.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
