@@ -213,24 +213,21 @@ fn is_packaged(c: &Confined) -> bool {
 /// The host's driver bind-mounted in, file by file, as the NVIDIA Container
 /// Toolkit and LXC's nvidia hook do: its version from the libraries' names.
 pub fn host_provided(mounts: &MountTable) -> Option<Option<DriverVersion>> {
-    let names: Vec<&str> = mounts
-        .iter()
-        .map(|m| m.point.as_str())
-        .filter(|p| {
-            *p == "/usr/bin/nvidia-smi"
-                || p.rsplit('/').next().is_some_and(|n| {
-                    n.starts_with("libnvidia-ml.so.") || n.starts_with("libcuda.so.")
-                })
-        })
-        .collect();
-    if names.is_empty() {
-        return None;
+    let mut found = None;
+    for m in mounts.iter() {
+        let name = m.point.rsplit('/').next().unwrap_or_default();
+        if m.point != "/usr/bin/nvidia-smi"
+            && !name.starts_with("libnvidia-ml.so.")
+            && !name.starts_with("libcuda.so.")
+        {
+            continue;
+        }
+        let version = version::from_nvml_library_name(name)
+            .or_else(|| name.strip_prefix("libcuda.so.")?.parse().ok());
+        // The first mount that names a version gives it.
+        found = Some(found.flatten().or(version));
     }
-    Some(names.iter().find_map(|p| {
-        let name = p.rsplit('/').next()?;
-        version::from_nvml_library_name(name)
-            .or_else(|| name.strip_prefix("libcuda.so.")?.parse().ok())
-    }))
+    found
 }
 
 #[cfg(test)]

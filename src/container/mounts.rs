@@ -6,21 +6,34 @@
 //! a tenant's FUSE daemon can take a request and never answer, and the
 //! reading thread then waits in the kernel, out of reach of any signal.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::Range;
 
 /// One line of mountinfo: `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub struct Mount<'a> {
     pub id: u64,
     /// The path inside the container where it is mounted.
-    pub point: String,
-    pub fstype: String,
+    pub point: Cow<'a, str>,
+    pub fstype: Cow<'a, str>,
 }
 
+/// The table as the kernel wrote it, and where each mount's fields are in
+/// it: parsed without a copy per mount (a container's table can hold
+/// thousands), a mount point unescaped only when it is looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MountTable {
-    mounts: Vec<Mount>,
+    text: Vec<u8>,
+    mounts: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    id: u64,
+    point: Range<usize>,
+    fstype: Range<usize>,
 }
 
 /// File systems whose reads the kernel answers from local storage or memory.
@@ -40,28 +53,50 @@ const MAX_MOUNTINFO: u64 = 4 << 20;
 
 impl MountTable {
     /// The table in a mountinfo file (`/proc/<pid>/mountinfo`), opened.
+    /// Bytes, not text: a mount point is whatever name a tenant gave it.
     pub fn read_from(file: File) -> io::Result<MountTable> {
         // The kernel writes it a page at a time; one container's is a few KiB.
-        let mut text = String::with_capacity(16 * 1024);
-        file.take(MAX_MOUNTINFO).read_to_string(&mut text)?;
-        Ok(MountTable::parse(&text))
+        let mut text = Vec::with_capacity(16 * 1024);
+        file.take(MAX_MOUNTINFO).read_to_end(&mut text)?;
+        Ok(MountTable::from_bytes(text))
     }
 
     /// Lines that do not parse are skipped: the kernel writes this file, so
     /// they do not occur, and nothing read here is trusted beyond its type.
     pub fn parse(text: &str) -> MountTable {
-        let mounts = text.lines().filter_map(parse_line).collect();
-        MountTable { mounts }
+        MountTable::from_bytes(text.as_bytes().to_vec())
     }
 
-    pub fn by_id(&self, id: u64) -> Option<&Mount> {
-        self.mounts.iter().find(|m| m.id == id)
+    fn from_bytes(text: Vec<u8>) -> MountTable {
+        let mut mounts = Vec::new();
+        let mut at = 0;
+        for line in text.split(|b| *b == b'\n') {
+            mounts.extend(parse_line(line, at));
+            at += line.len() + 1;
+        }
+        MountTable { text, mounts }
     }
 
-    /// The mount whose file system the kernel serves locally, or why not.
-    pub fn check_local(&self, id: u64) -> Result<&Mount, String> {
+    fn mount(&self, e: &Entry) -> Mount<'_> {
+        Mount {
+            id: e.id,
+            point: unescape(&self.text[e.point.clone()]),
+            fstype: String::from_utf8_lossy(&self.text[e.fstype.clone()]),
+        }
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<Mount<'_>> {
+        self.mounts
+            .iter()
+            .find(|m| m.id == id)
+            .map(|e| self.mount(e))
+    }
+
+    /// Whether the mount's file system is one the kernel serves locally;
+    /// why not when it is not.
+    pub fn check_local(&self, id: u64) -> Result<(), String> {
         match self.by_id(id) {
-            Some(m) if is_local_fstype(&m.fstype) => Ok(m),
+            Some(m) if is_local_fstype(&m.fstype) => Ok(()),
             Some(m) => Err(format!(
                 "{} is a {} mount; the host does not read it",
                 m.point, m.fstype
@@ -70,34 +105,45 @@ impl MountTable {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Mount> {
-        self.mounts.iter()
+    pub fn iter(&self) -> impl Iterator<Item = Mount<'_>> {
+        self.mounts.iter().map(|e| self.mount(e))
     }
 }
 
-fn parse_line(line: &str) -> Option<Mount> {
-    let (head, tail) = line.split_once(" - ")?;
-    let mut head = head.split(' ');
-    let id = head.next()?.parse().ok()?;
-    let _parent = head.next()?;
-    let _dev = head.next()?;
-    let _root = head.next()?;
-    let point = unescape(head.next()?);
-    let fstype = tail.split(' ').next()?.to_string();
-    Some(Mount { id, point, fstype })
+/// The mount's id, and where its mount point (field 5) and file system
+/// type (the field after the optional fields' ` - `) are, `at` being where
+/// the line starts. One pass over the line: the fields hold no space.
+fn parse_line(line: &[u8], at: usize) -> Option<Entry> {
+    let mut fields = line.split(|b| *b == b' ');
+    let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    let point = fields.nth(3)?;
+    let fstype = fields.skip_while(|f| *f != b"-").nth(1)?;
+    // Both are slices of `line`: where they start in it.
+    let range = |field: &[u8]| {
+        let start = at + (field.as_ptr() as usize - line.as_ptr() as usize);
+        start..start + field.len()
+    };
+    Some(Entry {
+        id,
+        point: range(point),
+        fstype: range(fstype),
+    })
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`; a name
+/// that is not UTF-8 is shown with replacement characters.
+fn unescape(field: &[u8]) -> Cow<'_, str> {
+    if !field.contains(&b'\\') {
+        return String::from_utf8_lossy(field);
+    }
+    let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
+    while i < field.len() {
+        let octal = field
             .get(i + 1..i + 4)
             .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
             .map(|d| d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0')));
-        match (bytes[i], octal) {
+        match (field[i], octal) {
             (b'\\', Some(n)) if n <= 0xff => {
                 out.push(n as u8);
                 i += 4;
@@ -108,7 +154,7 @@ fn unescape(field: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -130,6 +176,7 @@ mod tests {
         assert_eq!(t.iter().count(), 6);
         assert_eq!(t.by_id(1071).unwrap().fstype, "ext4");
         assert_eq!(t.by_id(1092).unwrap().point, "/mnt/with space");
+        assert_eq!(t.by_id(1080).unwrap().point, "/dev/nvidia0");
         assert!(t.check_local(1071).is_ok());
         assert!(t.check_local(1072).is_ok());
         let fuse = t.check_local(1090).unwrap_err();
@@ -138,6 +185,26 @@ mod tests {
             "{fuse}"
         );
         assert!(t.check_local(7).unwrap_err().contains("not in the"));
+    }
+
+    /// A tenant names its mount points as it likes: a name that is not
+    /// UTF-8 leaves the rest of the table readable.
+    #[test]
+    fn a_mount_point_that_is_not_utf8_is_read() {
+        let dir = std::env::temp_dir().join(format!("pnh-mountinfo-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            b"1 0 0:1 / / rw - ext4 x rw\n2 1 0:2 / /mnt/\xff\xfe rw - fuse.evil evil rw\n",
+        )
+        .unwrap();
+        let t = MountTable::read_from(File::open(&dir).unwrap()).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(t.check_local(1).is_ok());
+        let fuse = t.check_local(2).unwrap_err();
+        assert!(
+            fuse.contains("/mnt/\u{fffd}\u{fffd} is a fuse.evil mount"),
+            "{fuse}"
+        );
     }
 
     #[test]
