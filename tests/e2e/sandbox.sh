@@ -14,6 +14,8 @@
 #   sandbox.sh debs                         Debian's NVIDIA packages, cached; prints their folder
 #   sandbox.sh fuse-blackhole               the hostile FUSE daemon, built once; prints its path
 #   sandbox.sh uffd-trap                    the tenant's userfaultfd trap, built once; prints its path
+#   sandbox.sh peak-rss                     the peak-memory meter (its processes left behind
+#                                           included), built once; prints its path
 #   sandbox.sh cuda-runfile DIR             builds DIR/cuda_12.4.1_550.54.15_linux.run
 #   sandbox.sh host-version WORK VERSION    the host "loads" driver VERSION
 #   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS] [OPTION...]
@@ -202,6 +204,15 @@ uffd_trap() {
         mv "$cache/uffd-trap.tmp" "$cache/uffd-trap"
     fi
     echo "$cache/uffd-trap"
+}
+
+peak_rss() {
+    mkdir -p "$cache"
+    if [ ! -x "$cache/peak-rss" ] || [ "$here/stand-in/peak-rss.c" -nt "$cache/peak-rss" ]; then
+        cc -O2 -o "$cache/peak-rss.tmp" "$here/stand-in/peak-rss.c" >&2
+        mv "$cache/peak-rss.tmp" "$cache/peak-rss"
+    fi
+    echo "$cache/peak-rss"
 }
 
 cuda_runfile() {
@@ -509,6 +520,7 @@ case "$cmd" in
     debs) debs ;;
     fuse-blackhole) fuse_blackhole ;;
     uffd-trap) uffd_trap ;;
+    peak-rss) peak_rss ;;
     cluster) cluster "$@" ;;
     migrate) migrate "$@" ;;
     cuda-runfile) cuda_runfile "$@" ;;
