@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
 /// Keeps the NVIDIA user-space driver in Proxmox LXC containers in step with
@@ -52,6 +53,12 @@ pub enum Command {
     Disable(DisableArgs),
     /// Explain why a GPU is or is not usable in a container.
     Doctor(DoctorArgs),
+    /// Download and verify the driver runfile for VERSION ahead of time, so
+    /// that the installs after the next boot wait for no download.
+    Prefetch(PrefetchArgs),
+    /// Check every running container that requests NVIDIA now, and install
+    /// in the background where needed.
+    Sync(SyncArgs),
     /// `<VMID> <PHASE>`: hookscript mode, as Proxmox calls it.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -137,4 +144,29 @@ pub struct DoctorArgs {
     pub json: bool,
     /// Containers to check [default: every container that requests NVIDIA].
     pub vmids: Vec<Vmid>,
+}
+
+#[derive(Debug, Args)]
+pub struct PrefetchArgs {
+    /// The driver version [default: that of the NVIDIA module the next boot
+    /// loads: the pinned kernel's, else the newest installed kernel's]
+    pub version: Option<DriverVersion>,
+    /// As the package's apt hook runs it after dpkg: only when the next
+    /// boot loads another NVIDIA module than the one loaded now, in the
+    /// background, never failing.
+    #[arg(long, hide = true, conflicts_with = "version")]
+    pub after_dpkg: bool,
+    /// Set for the fetch the apt hook starts in the background (its output
+    /// is a log file).
+    #[arg(long, hide = true)]
+    pub detached: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// As the timer runs it: a container whose install failed for the
+    /// host's version is left alone for sync_retry_secs (an hour), doubled
+    /// after each further failure.
+    #[arg(long)]
+    pub backoff: bool,
 }

@@ -15,6 +15,7 @@ use crate::error::usage;
 use crate::host::Host;
 use crate::pct_config::{PctConfig, MAX_CONFIG_BYTES};
 use crate::process::{self, Limits};
+use crate::runfile::{self, Cache, Fetcher};
 use crate::state::{Locks, Results};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
@@ -159,6 +160,26 @@ impl Ctx {
                     .join(format!("lxc/{vmid}.conf"))
                     .display()
             ))),
+        }
+    }
+
+    /// Runfiles for `settings`, through this node's cache (the shared one,
+    /// or its own where the shared one cannot be used), with progress to `log`.
+    pub fn fetcher<'a>(&'a self, settings: &Settings, log: &'a dyn Fn(&str)) -> Fetcher<'a> {
+        let paths = &self.config().paths;
+        Fetcher {
+            cache: Cache {
+                dir: paths.cache.clone(),
+                fallback: (paths.local_cache != paths.cache).then(|| paths.local_cache.clone()),
+            },
+            locks: &self.locks,
+            allow_unverified: settings.allow_unverified_download,
+            limits: runfile::limits(
+                settings.limits.download_timeout,
+                settings.limits.download_max,
+                settings.limits.max_download,
+            ),
+            log,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod detach;
 pub mod error;
 pub mod fsutil;
 pub mod host;
+pub mod kernels;
 pub mod logging;
 pub mod pct_config;
 pub mod pipeline;
@@ -27,6 +28,7 @@ pub mod state;
 pub mod storage;
 pub mod version;
 pub mod vmid;
+pub mod workloads;
 
 use std::process::ExitCode;
 
@@ -40,11 +42,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         cli.command,
         Some(Command::Status(_) | Command::Verify(_) | Command::Doctor(_))
     );
-    let from_hook = matches!(&cli.command, Some(Command::Install(a)) if a.from_hook);
+    // A background run's stderr is a log file.
+    let detached = matches!(&cli.command, Some(Command::Install(a)) if a.from_hook)
+        || matches!(&cli.command, Some(Command::Prefetch(a)) if a.detached);
     logging::init(logging::Options {
         verbose: cli.verbose,
         quiet,
-        timestamps: from_hook,
+        timestamps: detached,
     });
     match cli.command {
         Some(Command::Install(args)) => commands::install::run(cli.config.as_deref(), &args),
@@ -53,6 +57,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Enable(args)) => commands::enable::enable(cli.config.as_deref(), &args),
         Some(Command::Disable(args)) => commands::enable::disable(cli.config.as_deref(), &args),
         Some(Command::Doctor(args)) => commands::doctor::run(cli.config.as_deref(), &args),
+        Some(Command::Prefetch(args)) => commands::prefetch::run(cli.config.as_deref(), &args),
+        Some(Command::Sync(args)) => commands::sync::run(cli.config.as_deref(), &args),
         Some(Command::Hook(words)) => {
             let (vmid, phase) = cli::hook_args(&words).map_err(error::usage)?;
             commands::hook::run(cli.config.as_deref(), vmid, &phase)

@@ -198,10 +198,15 @@ pub fn redact_url(url: &str) -> String {
 
 /// `2026-11-25T18:00:00Z`, without a date crate (civil-from-days).
 fn utc_now() -> String {
-    let secs = SystemTime::now()
+    utc(SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+/// A time for a person and a log: `2026-11-27T14:03:00Z` (Howard
+/// Hinnant's days-to-civil, proleptic Gregorian).
+pub fn utc(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -223,6 +228,13 @@ fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_said_in_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(utc(1_798_761_600), "2027-01-01T00:00:00Z");
+    }
 
     #[test]
     fn nothing_a_terminal_acts_on() {

@@ -18,6 +18,8 @@ pub struct Locks {
     dir: PathBuf,
 }
 
+const PREFETCH_LOCK: &str = "prefetch.lock";
+
 /// A held flock, released when dropped (or by the kernel when its holder
 /// dies, however it dies).
 pub struct Held {
@@ -51,10 +53,25 @@ impl Locks {
     /// lock file of ours, in our private folder, counts: a file someone else
     /// planted never reads as "installing".
     pub fn is_installing(&self, vmid: Vmid) -> bool {
+        self.is_held(&format!("{vmid}.lock"))
+    }
+
+    /// Held by a `prefetch` for as long as it fetches; None when another
+    /// holds it.
+    pub fn try_prefetch(&self) -> Result<Option<Held>> {
+        try_lock(&self.dir, PREFETCH_LOCK)
+    }
+
+    /// True while a `prefetch` fetches.
+    pub fn is_prefetching(&self) -> bool {
+        self.is_held(PREFETCH_LOCK)
+    }
+
+    fn is_held(&self, name: &str) -> bool {
         if fsutil::check_trusted(&self.dir).is_err() {
             return false;
         }
-        let path = self.dir.join(format!("{vmid}.lock"));
+        let path = self.dir.join(name);
         let Ok(fd) = rustix::fs::open(
             &path,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
@@ -244,6 +261,51 @@ pub struct LastResult {
     pub ok: bool,
     pub message: String,
     pub finished_unix: u64,
+    /// Failed installs in a row for `host_version` (an install abandoned
+    /// because its container stopped does not count): how long the timer's
+    /// `sync` leaves the container alone.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+impl LastResult {
+    /// The result an install's `outcome` leaves, after `prev`.
+    pub fn after(
+        prev: Option<&LastResult>,
+        host_version: &str,
+        outcome: &Result<()>,
+        now: u64,
+    ) -> LastResult {
+        let failures_before = prev
+            .filter(|p| !p.ok && p.host_version == host_version)
+            .map_or(0, |p| p.failures);
+        let (message, failures) = match outcome {
+            Ok(()) => ("installed".to_string(), 0),
+            Err(e) => (
+                crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
+                if crate::cancel::is_cancelled(e) {
+                    failures_before
+                } else {
+                    failures_before.saturating_add(1)
+                },
+            ),
+        };
+        LastResult {
+            host_version: host_version.to_string(),
+            ok: outcome.is_ok(),
+            message,
+            finished_unix: now,
+            failures,
+        }
+    }
+}
+
+/// The runfile `prefetch` last fetched for the next boot's module: the
+/// apt hook asks the network once per new version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Prefetched {
+    pub version: String,
+    pub at_unix: u64,
 }
 
 pub struct Results {
@@ -264,23 +326,69 @@ impl Results {
     }
 
     pub fn record(&self, vmid: Vmid, host_version: &str, outcome: &Result<()>) -> Result<()> {
-        fsutil::ensure_private_dir(&self.dir)?;
-        let result = LastResult {
-            host_version: host_version.to_string(),
-            ok: outcome.is_ok(),
-            message: match outcome {
-                Ok(()) => "installed".to_string(),
-                Err(e) => crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
-            },
-            finished_unix: unix_now(),
-        };
-        let json = serde_json::to_vec_pretty(&result)?;
-        fsutil::write_atomic(&self.path(vmid), &json, 0o600)
+        let result = LastResult::after(self.last(vmid).as_ref(), host_version, outcome, unix_now());
+        self.write(&self.path(vmid), &result)
     }
 
     pub fn last(&self, vmid: Vmid) -> Option<LastResult> {
-        let text = std::fs::read(self.path(vmid)).ok()?;
-        serde_json::from_slice(&text).ok()
+        read_json(&self.path(vmid))
+    }
+
+    pub fn record_prefetched(&self, version: &str) -> Result<()> {
+        let prefetched = Prefetched {
+            version: version.to_string(),
+            at_unix: unix_now(),
+        };
+        self.write(&self.dir.join("prefetched.json"), &prefetched)
+    }
+
+    pub fn prefetched(&self) -> Option<Prefetched> {
+        read_json(&self.dir.join("prefetched.json"))
+    }
+
+    fn write(&self, path: &Path, value: &impl Serialize) -> Result<()> {
+        fsutil::ensure_private_dir(&self.dir)?;
+        fsutil::write_atomic(path, &serde_json::to_vec_pretty(value)?, 0o600)
+    }
+}
+
+/// A small JSON file of ours; None when it is missing or not one.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 64 * 1024), &mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_a_row_for_one_host_version_are_counted() {
+        let failed = || -> Result<()> { Err(anyhow::anyhow!("stage runfile: 503")) };
+        let first = LastResult::after(None, "550.54.14", &failed(), 100);
+        assert_eq!((first.ok, first.failures), (false, 1));
+        let second = LastResult::after(Some(&first), "550.54.14", &failed(), 200);
+        assert_eq!(second.failures, 2);
+        let cancelled: Result<()> = Err(anyhow::Error::new(crate::cancel::Cancelled(
+            "the container stopped",
+        )));
+        let third = LastResult::after(Some(&second), "550.54.14", &cancelled, 300);
+        assert_eq!(third.failures, 2, "a cancelled install is no failure");
+        let other = LastResult::after(Some(&third), "550.90.07", &failed(), 400);
+        assert_eq!(other.failures, 1, "another host version starts afresh");
+        let ok = LastResult::after(Some(&other), "550.90.07", &Ok(()), 500);
+        assert_eq!(
+            (ok.ok, ok.failures, ok.message.as_str()),
+            (true, 0, "installed")
+        );
+        // A result written before the count existed reads as none.
+        let old: LastResult = serde_json::from_str(
+            r#"{"host_version": "550.54.14", "ok": false, "message": "x", "finished_unix": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.failures, 0);
     }
 }
 /// Seconds since the epoch, for what is recorded (0 on a clock before it).

@@ -142,7 +142,8 @@ fn enable_one(
 
 fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
     logging::set_vmid(target.vmid);
-    super::install::install_for_host(ctx, target, false, true)
+    super::install::install_for_host(ctx, target, false, super::install::Origin::Terminal)?;
+    Ok(())
 }
 
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {

@@ -117,7 +117,7 @@ pub fn run(config: Option<&Path>, vmid: Vmid, phase: &str) -> Result<ExitCode> {
         Action::Install(reason) => {
             log::info!("install needed: {reason}");
             if !target.settings.background {
-                super::install::install(&ctx, &target, &host, false, true)?;
+                super::install::install(&ctx, &target, &host, false, super::install::Origin::Hook)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if ctx.locks.is_installing(vmid) {

@@ -5,7 +5,9 @@ pub mod doctor;
 pub mod enable;
 pub mod hook;
 pub mod install;
+pub mod prefetch;
 pub mod status;
+pub mod sync;
 pub mod verify;
 
 use std::process::ExitCode;

@@ -15,6 +15,7 @@ use crate::cluster::{self, Api};
 use crate::container::detect::{self, InstalledDriver};
 use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Observed, Reason, State};
+use crate::kernels::{self, NextBoot};
 use crate::logging;
 use crate::published::{self, Seen};
 use crate::snippet::is_ours;
@@ -30,6 +31,9 @@ pub struct Row {
     /// None: not known (another node's container, the API not answering).
     pub running: Option<bool>,
     pub host_version: Option<String>,
+    /// The NVIDIA module the next boot loads, where it differs from the
+    /// loaded one (this node's containers only).
+    pub host_version_next_boot: Option<String>,
     pub container_version: Option<String>,
     /// None: another node's container that node has not reported.
     pub state: Option<State>,
@@ -60,6 +64,18 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
         .filter(|(_, v)| args.vmids.is_empty() || args.vmids.contains(v))
         .collect();
     let host = ctx.host_version()?;
+    let next_boot = match kernels::next_boot(&ctx.config().paths) {
+        Ok(next) => Some(next),
+        Err(e) => {
+            log::warn!("cannot tell which NVIDIA module the next boot loads: {e:#}");
+            None
+        }
+    };
+    let pending = next_boot
+        .as_ref()
+        .and_then(NextBoot::version)
+        .filter(|v| host.as_ref() != Some(*v))
+        .map(ToString::to_string);
     let elsewhere = if args.cluster {
         Remote::read(pve)
     } else {
@@ -74,7 +90,12 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
             remote_row(&ctx, &node, vmid, &elsewhere)
         };
         match result {
-            Ok(Some(r)) => rows.push(r),
+            Ok(Some(mut r)) => {
+                if node == this {
+                    r.host_version_next_boot = pending.clone();
+                }
+                rows.push(r)
+            }
             Ok(None) => {
                 eprintln!("pve-nvidia-hook: CT {vmid}: no such container");
                 failed = true;
@@ -93,6 +114,9 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!("{}", table(&rows, args.cluster));
+        if let Some(note) = next_boot.and_then(|n| boot_note(host.as_ref(), &n)) {
+            println!("{note}");
+        }
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -168,6 +192,7 @@ fn row(ctx: &Ctx, vmid: Vmid, node: &str, host: Option<&DriverVersion>) -> Resul
         reason: target.request.reason,
         running: Some(installed.is_some()),
         host_version: host.map(|h| h.to_string()),
+        host_version_next_boot: None,
         container_version: installed
             .as_ref()
             .and_then(|i| i.version().map(|v| v.to_string())),
@@ -219,12 +244,32 @@ fn remote_row(ctx: &Ctx, node: &str, vmid: Vmid, remote: &Remote) -> Result<Opti
         reason: target.request.reason,
         running,
         host_version: published.and_then(|p| p.host_version.clone()),
+        host_version_next_boot: None,
         container_version: seen.and_then(|s| s.container_version.clone()),
         state,
         hookscript: target.pct.hookscript().map(str::to_owned),
         detail: seen.and_then(|s| s.detail.clone()),
         reported_unix: seen.map(|s| s.at_unix),
     }))
+}
+
+/// What the admin should know of this node's next boot: a reboot that
+/// changes the NVIDIA module, or leaves none.
+fn boot_note(loaded: Option<&DriverVersion>, next: &NextBoot) -> Option<String> {
+    match (loaded, next) {
+        (Some(now), NextBoot::Module { kernel, version }) if now != version => Some(format!(
+            "reboot pending: NVIDIA {now} → {version} (kernel {kernel}); its runfile: \
+             pve-nvidia-hook prefetch"
+        )),
+        (None, NextBoot::Module { kernel, version }) => Some(format!(
+            "no NVIDIA module loaded now; the next boot's kernel {kernel} has NVIDIA {version}"
+        )),
+        (Some(now), NextBoot::NoModule { kernel }) => Some(format!(
+            "NVIDIA {now} loaded, but the next boot's kernel {kernel} has no NVIDIA module: \
+             after a reboot no container gets a driver (build it for that kernel, e.g. with DKMS)"
+        )),
+        _ => None,
+    }
 }
 
 fn table(rows: &[Row], cluster: bool) -> String {
@@ -284,4 +329,36 @@ fn table(rows: &[Row], cluster: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_reboot_is_said() {
+        let v = |s: &str| -> DriverVersion { s.parse().unwrap() };
+        let module = |ver: &str| NextBoot::Module {
+            kernel: "6.8.12-4-pve".into(),
+            version: v(ver),
+        };
+        assert_eq!(
+            boot_note(Some(&v("550.54.14")), &module("550.90.07")).as_deref(),
+            Some(
+                "reboot pending: NVIDIA 550.54.14 → 550.90.07 (kernel 6.8.12-4-pve); its \
+                 runfile: pve-nvidia-hook prefetch"
+            )
+        );
+        assert_eq!(boot_note(Some(&v("550.54.14")), &module("550.54.14")), None);
+        assert!(boot_note(None, &module("550.90.07"))
+            .unwrap()
+            .starts_with("no NVIDIA module loaded now"));
+        let none = NextBoot::NoModule {
+            kernel: "6.8.12-5-pve".into(),
+        };
+        assert!(boot_note(Some(&v("550.54.14")), &none)
+            .unwrap()
+            .contains("has no NVIDIA module"));
+        assert_eq!(boot_note(None, &NextBoot::NoKernel), None);
+    }
 }

@@ -65,6 +65,12 @@ impl Config {
     fn validate(&self) -> Result<()> {
         refuse_unknown("", &self.unknown)?;
         validate_layer("", &self.layer)?;
+        if self.paths.modules_root().is_none() {
+            anyhow::bail!(
+                "paths.modules: '{}' does not end in lib/modules (where modinfo looks)",
+                self.paths.modules.display()
+            );
+        }
         for (key, overrides) in &self.containers {
             key.parse::<Vmid>()
                 .map_err(|e| anyhow::anyhow!("containers: key {e}"))?;

@@ -65,6 +65,23 @@ pub enum DigestSpec {
     PerVersion(BTreeMap<String, String>),
 }
 
+/// What is restarted after an install replaced the driver under a running
+/// container, when some of its processes still map the old libraries
+/// (they fail with "Driver/library version mismatch" until restarted).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartAfterInstall {
+    /// Nothing: they are named in the log.
+    #[default]
+    #[serde(rename = "none")]
+    Nothing,
+    /// Their systemd services inside the container (`systemctl restart`).
+    Services,
+    /// The whole container (`pct reboot`), from the background install
+    /// once the start task has let the container's config lock go.
+    Container,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CudaConfig {
@@ -102,6 +119,16 @@ pub struct Paths {
     /// Where storage paths (`/var/lib/vz`) are found: `/` on a host; the
     /// tests give each simulated node a folder of its own.
     pub storage_root: PathBuf,
+    /// The installed kernels' modules (`<modules>/<kernel>/`), for the
+    /// NVIDIA module the next boot loads. It must end in `lib/modules`:
+    /// `modinfo -b` is given the folder above.
+    pub modules: PathBuf,
+    /// Proxmox's kernel pins (`proxmox-boot-tool kernel pin`):
+    /// `proxmox-boot-pin`, and `next-boot-pin` for the next boot only.
+    pub kernel_pins: PathBuf,
+    /// Proxmox's container config locks (`pve-config-<vmid>.lock`): a
+    /// `pct reboot` waits until the start task has let its lock go.
+    pub config_locks: PathBuf,
 }
 
 impl Default for Paths {
@@ -118,7 +145,21 @@ impl Default for Paths {
             state: "/var/lib/pve-nvidia-hook".into(),
             local_cache: "/var/cache/pve-nvidia-hook".into(),
             storage_root: "/".into(),
+            modules: "/lib/modules".into(),
+            kernel_pins: "/etc/kernel".into(),
+            config_locks: "/run/lock/lxc".into(),
         }
+    }
+}
+
+impl Paths {
+    /// The root `modinfo -b` takes for [`Paths::modules`] (it appends
+    /// `lib/modules` itself); None when `modules` does not end in that.
+    pub fn modules_root(&self) -> Option<&std::path::Path> {
+        let lib = self.modules.parent()?;
+        (self.modules.file_name()? == "modules" && lib.file_name()? == "lib")
+            .then(|| lib.parent())
+            .flatten()
     }
 }
 
@@ -162,6 +203,9 @@ layer! {
     /// Vulkan); by default the install is compute-only (CUDA, OpenCL, NVENC,
     /// NVDEC), with `--no-opengl-files`.
     graphics: bool,
+    /// What is restarted when processes still map the old driver after an
+    /// install: `none`, `services` or `container`.
+    restart_after_install: RestartAfterInstall,
 }
 
 /// What a numeric setting is: the number in the file, and what it
@@ -267,6 +311,13 @@ limits! {
     /// installer go on outside the cap, so that no container (whatever its
     /// programs do) delays another's install longer.
     slot_hold_secs => slot_hold: Secs = 120,
+    /// Seconds the timer's `sync` leaves a container alone after its
+    /// install failed for the host's version; doubled after each further
+    /// failure, at most a day.
+    sync_retry_secs => sync_retry: Secs = 3600,
+    /// Seconds the search for a container's processes that still map the
+    /// old driver may take in all.
+    scan_timeout_secs => scan_timeout: Secs = 10,
 }
 
 /// `containers."<vmid>"`: whether NVIDIA is requested, and overrides.
@@ -324,6 +375,16 @@ impl Config {
             .unwrap_or_default();
         // The Phoenix entry's URL sits between the container's own and the global one.
         own.runfile_url = own.runfile_url.or(phoenix_url);
+        self.resolve(&own)
+    }
+
+    /// The global keys over the defaults: what a container without
+    /// overrides gets.
+    pub fn global_settings(&self) -> Settings {
+        self.resolve(&Layer::default())
+    }
+
+    fn resolve(&self, own: &Layer) -> Settings {
         let l = own.over(&self.layer);
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         Settings {
@@ -339,6 +400,7 @@ impl Config {
             cuda: l.cuda,
             background: l.background.unwrap_or(true),
             graphics: l.graphics.unwrap_or(false),
+            restart_after_install: l.restart_after_install.unwrap_or_default(),
             allow_unverified_download: self.allow_unverified_download,
             limits: self.limits,
         }
@@ -356,6 +418,7 @@ pub struct Settings {
     pub cuda: Option<CudaConfig>,
     pub background: bool,
     pub graphics: bool,
+    pub restart_after_install: RestartAfterInstall,
     pub allow_unverified_download: bool,
     pub limits: Limits,
 }
@@ -463,6 +526,38 @@ mod tests {
             format!("aa{}", "0".repeat(62))
         );
         assert!(c.settings_for(vmid(102), None).background);
+    }
+
+    #[test]
+    fn restarts_and_the_modules_root() {
+        let c = parse(
+            r#"{"restart_after_install": "services",
+                "containers": {"101": {"restart_after_install": "container"}, "102": {"restart_after_install": "none"}},
+                "paths": {"modules": "/srv/fake/lib/modules"}}"#,
+        )
+        .unwrap();
+        let restart = |n| c.settings_for(vmid(n), None).restart_after_install;
+        assert_eq!(restart(101), RestartAfterInstall::Container);
+        assert_eq!(restart(102), RestartAfterInstall::Nothing);
+        assert_eq!(restart(103), RestartAfterInstall::Services);
+        assert_eq!(
+            parse("{}").unwrap().global_settings().restart_after_install,
+            RestartAfterInstall::Nothing
+        );
+        assert_eq!(
+            c.paths.modules_root(),
+            Some(std::path::Path::new("/srv/fake"))
+        );
+        assert_eq!(
+            Paths::default().modules_root(),
+            Some(std::path::Path::new("/"))
+        );
+        let err = format!(
+            "{:#}",
+            parse(r#"{"paths": {"modules": "/srv/modules"}}"#).unwrap_err()
+        );
+        assert!(err.contains("paths.modules"), "{err}");
+        assert!(parse(r#"{"restart_after_install": "sometimes"}"#).is_err());
     }
 
     #[test]

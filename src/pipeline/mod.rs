@@ -47,6 +47,26 @@ pub struct Job<'a> {
     pub foreground: bool,
 }
 
+/// Who runs an install, which decides what may wait for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Inside the hook's post-start (`background: false`): the start task
+    /// waits, holding the container's config lock.
+    Hook,
+    /// A command at a terminal (`install`, `enable --now`).
+    Terminal,
+    /// Detached, from the hook or from `sync`: nobody waits.
+    Background,
+}
+
+impl Origin {
+    /// Someone waits: a wait for an install slot is bounded by
+    /// `slot_wait_secs`.
+    pub fn foreground(self) -> bool {
+        self != Origin::Background
+    }
+}
+
 /// The time one container's install may take in all.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
@@ -77,7 +97,9 @@ impl Budget {
 }
 
 pub fn run(job: &Job) -> Result<()> {
-    let runfile = stage("runfile", || obtain_driver_runfile(job))?;
+    let runfile = stage("runfile", || {
+        driver_runfile(job.settings, job.host, job.fetcher)
+    })?;
     if job.settings.cleanup {
         stage("cleanup", || cleanup::run(job))?;
     }
@@ -125,27 +147,28 @@ fn stage<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     result.with_context(|| format!("stage {name}"))
 }
 
-/// The runfile for the host's version. Its name must carry exactly that
-/// version: installing another would give "Driver/library version mismatch".
-/// Checked for every candidate before anything is fetched or run.
-fn obtain_driver_runfile(job: &Job) -> Result<Runfile> {
-    let candidates = job
-        .settings
-        .runfile_urls(job.host)
+/// The verified runfile of driver `version` (the host's module's, for an
+/// install; the next boot's, for `prefetch`). Its name must carry exactly
+/// that version: installing another would give "Driver/library version
+/// mismatch". Checked for every candidate before anything is fetched or run.
+pub fn driver_runfile(
+    settings: &Settings,
+    version: &DriverVersion,
+    fetcher: &Fetcher,
+) -> Result<Runfile> {
+    let candidates = settings
+        .runfile_urls(version)
         .iter()
         .map(|u| Source::parse(u))
         .collect::<Result<Vec<_>>>()?;
     for source in &candidates {
         let name = source.file_name()?;
         let v = version::from_runfile_name(&name).map_err(|e| anyhow!("runfile {e}"))?;
-        if &v != job.host {
-            bail!("runfile {name} is driver {v} but the host's kernel module is {}: refusing to install it", job.host);
+        if &v != version {
+            bail!("runfile {name} is driver {v} but the host's kernel module is {version}: refusing to install it");
         }
     }
-    job.fetcher.obtain(
-        &candidates,
-        job.settings.configured_digest(job.host).as_deref(),
-    )
+    fetcher.obtain(&candidates, settings.configured_digest(version).as_deref())
 }
 
 impl Job<'_> {

@@ -30,6 +30,8 @@
 #                                           hook mounts a volume; `sandbox.sh umount VMID`
 #                                           unmounts it as its post-stop hook does)
 #   sandbox.sh down VMID                    stops and destroys it
+#   sandbox.sh restart VMID                 stops and starts it again as a reboot from
+#                                           inside does: no Proxmox hook phase runs
 #   sandbox.sh umount VMID                  unmounts a stopped container's volume (fails
 #                                           while anything still holds it)
 #   sandbox.sh cluster WORK NODE...         a simulated cluster: WORK/cluster is the shared
@@ -402,6 +404,13 @@ migrate() {
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
 
+restart() {
+    local vmid=$1
+    lxc-stop -n "$vmid" -k
+    lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
+    lxc-wait -n "$vmid" -s RUNNING -t 30
+}
+
 down() {
     local vmid=$1
     lxc-stop -n "$vmid" -k 2>/dev/null || true
@@ -425,6 +434,7 @@ case "$cmd" in
     host-version) host_version "$@" ;;
     up) up "$@" ;;
     down) down "$@" ;;
+    restart) restart "$@" ;;
     umount) umount "$lxcpath/$1/rootfs" ;;
-    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,41p' "$0" >&2; exit 2 ;;
 esac

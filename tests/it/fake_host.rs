@@ -33,7 +33,7 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
-        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
+        for tool in ["lxc-attach", "lxc-info", "modinfo", "pct", "pvesh"] {
             let target = d.join("bin").join(tool);
             write(
                 &target,
@@ -63,6 +63,9 @@ impl FakeHost {
                     "dev": d.join("dev"), "state": d.join("state"),
                     "local_cache": d.join("cache"),
                     "storage_root": d.join("root"),
+                    "modules": d.join("boot/lib/modules"),
+                    "kernel_pins": d.join("boot/etc/kernel"),
+                    "config_locks": d.join("run-lock-lxc"),
                 },
             }),
             dir,
@@ -199,6 +202,25 @@ impl FakeHost {
         )
         .unwrap();
         root
+    }
+
+    /// An installed kernel (`<modules>/<kernel>/kernel/`), with an NVIDIA
+    /// module of `nvidia` (a DKMS build under `updates/dkms` when `dkms`)
+    /// that the `modinfo` stand-in reads.
+    pub fn kernel(&self, kernel: &str, nvidia: Option<&str>, dkms: bool) {
+        let dir = self.path().join("boot/lib/modules").join(kernel);
+        std::fs::create_dir_all(dir.join("kernel/drivers")).unwrap();
+        if let Some(version) = nvidia {
+            let at = if dkms {
+                "updates/dkms/nvidia.ko"
+            } else {
+                "kernel/drivers/video/nvidia.ko"
+            };
+            write(
+                &dir.join(at),
+                format!("name=nvidia\nversion={version}\nlicense=NVIDIA\n"),
+            );
+        }
     }
 
     /// The fake container's init process.

@@ -58,6 +58,15 @@ pub fn expect_exit(out: &Output, code: i32, needle: &str) {
     );
 }
 
+/// The command said `needle` on stderr.
+pub fn said(out: &Output, needle: &str) {
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "{needle}: {}",
+        text(out)
+    );
+}
+
 /// The binary with its configuration and, first on PATH, `path_prefix`.
 pub fn command(args: &[&str], path_prefix: Option<&Path>, config: &Path) -> Command {
     let mut cmd = Command::new(BIN);
@@ -199,6 +208,8 @@ fn serve(mut stream: TcpStream, root: &Path, counts: &Mutex<HashMap<String, usiz
             }
             return;
         }
+        // The file, after 4 s: a download that takes its time.
+        Some("slow") => std::thread::sleep(std::time::Duration::from_secs(4)),
         Some("truncate") => {
             if let Ok(body) = std::fs::read(&file) {
                 let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());

@@ -1,0 +1,130 @@
+//! `pve-nvidia-hook sync [--backoff]`: every running container of this node
+//! that requests NVIDIA, checked now as the hook checks it at a start, and
+//! installed in the background where needed (the hook's own detached
+//! install: the same slots and budgets). It catches what no hook sees: a
+//! container rebooted from inside (no hook phase runs), a host driver
+//! reloaded live, an install that failed while the mirror was down.
+//!
+//! `pve-nvidia-hook-sync.timer` runs it after the guests' start at boot and
+//! every 30 minutes, with `--backoff`: a container whose install failed for
+//! the host's version waits (see [`decision::retry`]) instead of failing
+//! again every half hour. Run by hand, it tries at once.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::SyncArgs;
+use crate::container::detect;
+use crate::context::{Ctx, Lookup};
+use crate::decision::{self, Action, Retry};
+use crate::detach;
+use crate::logging::{scoped, utc};
+use crate::state::unix_now;
+use crate::version::DriverVersion;
+use crate::vmid::Vmid;
+
+/// What `sync` did for one container.
+#[derive(Debug, PartialEq, Eq)]
+enum Synced {
+    NotRequested,
+    Stopped,
+    UpToDate,
+    AlreadyInstalling,
+    /// Left alone, and why (its driver is the host's, cannot tell).
+    Skipped(String),
+    /// Its install failed; the timer tries again after `at_unix`.
+    Waiting {
+        at_unix: u64,
+        failures: u32,
+    },
+    Started {
+        reason: String,
+        log: String,
+    },
+}
+
+pub fn run(config: Option<&Path>, args: &SyncArgs) -> Result<ExitCode> {
+    let ctx = Ctx::load(config)?;
+    let Some(host) = ctx.host_version()? else {
+        log::warn!("no NVIDIA kernel module loaded on the host; no container to bring to it");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let now = unix_now();
+    let mut failed = false;
+    for vmid in ctx.all_containers()? {
+        match check(&ctx, vmid, &host, args.backoff, now) {
+            // The timer's runs say only what they did.
+            Ok(Synced::NotRequested | Synced::Stopped) => {}
+            Ok(Synced::UpToDate) if args.backoff => {}
+            Ok(done) => log::info!("{}", scoped(vmid, &said(&done, &host))),
+            Err(e) => {
+                log::error!("{}", scoped(vmid, &format!("{e:#}")));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, backoff: bool, now: u64) -> Result<Synced> {
+    let target = match ctx.lookup(vmid)? {
+        Lookup::Container(t) if t.request.wanted => t,
+        _ => return Ok(Synced::NotRequested),
+    };
+    if ctx.locks.is_installing(vmid) {
+        return Ok(Synced::AlreadyInstalling);
+    }
+    let root = match ctx.open_container(vmid) {
+        Ok(Some(root)) => root,
+        Ok(None) => return Ok(Synced::Stopped),
+        Err(e) => {
+            return Ok(Synced::Skipped(format!(
+                "cannot tell what is installed: {e:#}"
+            )))
+        }
+    };
+    let installed = detect::detect_in(&root);
+    drop(root);
+    let reason = match decision::decide(host, &installed, false) {
+        Action::UpToDate => return Ok(Synced::UpToDate),
+        Action::Skip(why) => return Ok(Synced::Skipped(why)),
+        Action::Install(reason) => reason,
+    };
+    if backoff {
+        let last = ctx.results.last(vmid);
+        let wait = target.settings.limits.sync_retry;
+        if let Retry::After { at_unix, failures } = decision::retry(last.as_ref(), host, now, wait)
+        {
+            return Ok(Synced::Waiting { at_unix, failures });
+        }
+    }
+    let log = detach::spawn_install(ctx, vmid)?;
+    Ok(Synced::Started {
+        reason,
+        log: log.display().to_string(),
+    })
+}
+
+fn said(done: &Synced, host: &DriverVersion) -> String {
+    match done {
+        Synced::NotRequested => "NVIDIA not requested".into(),
+        Synced::Stopped => "not running".into(),
+        Synced::UpToDate => format!("NVIDIA driver {host} up to date"),
+        Synced::AlreadyInstalling => "already installing".into(),
+        Synced::Skipped(why) => format!("left alone: {why}"),
+        Synced::Waiting { at_unix, failures } => format!(
+            "its install of {host} failed {failures} time(s) in a row: the timer tries again \
+             after {} (pve-nvidia-hook sync tries now)",
+            utc(*at_unix)
+        ),
+        Synced::Started { reason, log } => {
+            format!("install started in the background ({reason}); log: {log}")
+        }
+    }
+}
