@@ -2,11 +2,14 @@
 //! of the sandbox, used, removed and purged.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::sandbox::Sandbox;
-use crate::support::text;
+use serde_json::json;
+
+use crate::sandbox::{Sandbox, V2};
+use crate::support::{text, write};
 
 fn deb() -> PathBuf {
     let deb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
@@ -21,16 +24,16 @@ fn deb() -> PathBuf {
     deb
 }
 
-#[test]
-#[ignore = "needs root, LXC and the built package; `make test` as root runs it"]
-fn package_installs_works_and_leaves_nothing_behind() {
+/// The built package pushed into the container and installed with apt,
+/// with a stand-in for Proxmox's `pvesm` (where local:snippets/<name> is)
+/// for the postinst.
+fn install_package(sb: &Sandbox, vmid: u32) {
     let deb = deb();
-    let mut sb = Sandbox::new("package");
-    sb.up(9120, false, "");
+    let ct = vmid.to_string();
     let mut push = Command::new("lxc-attach")
         .args([
             "-n",
-            "9120",
+            &ct,
             "--",
             "sh",
             "-c",
@@ -46,31 +49,38 @@ fn package_installs_works_and_leaves_nothing_behind() {
         .unwrap();
     drop(push.stdin.take());
     assert!(push.wait().unwrap().success());
-
-    // Proxmox's pvesm, for the postinst: where local:snippets/<name> is.
     sb.inside_ok(
-        9120,
+        vmid,
         &[
             "sh",
             "-c",
             "printf '#!/bin/sh\\n[ \"$1 $2\" = \"path local:snippets/pve-nvidia-hook\" ] && echo /var/lib/vz/snippets/pve-nvidia-hook\\n' > /usr/sbin/pvesm && chmod 755 /usr/sbin/pvesm",
         ],
     );
-    let install = sb.inside(
-        9120,
-        &[
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "/root/pve-nvidia-hook.deb",
-            "man-db",
-        ],
-    );
+    let install = apt_install(sb, vmid, &["/root/pve-nvidia-hook.deb", "man-db"]);
     assert!(install.status.success(), "{}", text(&install));
+}
+
+fn apt_install(sb: &Sandbox, vmid: u32, what: &[&str]) -> std::process::Output {
+    let mut argv = vec![
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ];
+    argv.extend_from_slice(what);
+    sb.inside(vmid, &argv)
+}
+
+#[test]
+#[ignore = "needs root, LXC and the built package; `make test` as root runs it"]
+fn package_installs_works_and_leaves_nothing_behind() {
+    let mut sb = Sandbox::new("package");
+    sb.up(9120, false, "");
+    install_package(&sb, 9120);
 
     let version = sb.inside_ok(9120, &["pve-nvidia-hook", "--version"]);
     assert_eq!(
@@ -175,4 +185,86 @@ fn package_installs_works_and_leaves_nothing_behind() {
             "{f} left behind after purge"
         );
     }
+}
+
+/// Issue 17.4: the package enables the sync timer, and its apt hook, after
+/// a host upgrade (a new kernel with the new driver built by DKMS), fetches
+/// that driver's runfile in the background: apt returns before the
+/// download ends, and a later apt run fetches nothing again.
+#[test]
+#[ignore = "needs root, LXC and the built package; `make test` as root runs it"]
+fn package_enables_the_sync_timer_and_its_apt_hook_fetches_in_the_background() {
+    let mut sb = Sandbox::new("package-upgrades");
+    sb.runfile(V2, "ok");
+    sb.up(9610, false, "");
+    install_package(&sb, 9610);
+    sb.inside_ok(
+        9610,
+        &[
+            "test",
+            "-L",
+            "/etc/systemd/system/timers.target.wants/pve-nvidia-hook-sync.timer",
+        ],
+    );
+    for unit in ["pve-nvidia-hook-sync.timer", "pve-nvidia-hook-sync.service"] {
+        sb.inside_ok(
+            9610,
+            &["test", "-f", &format!("/lib/systemd/system/{unit}")],
+        );
+    }
+    assert!(sb
+        .inside_ok(9610, &["cat", "/etc/apt/apt.conf.d/80pve-nvidia-hook"])
+        .contains("DPkg::Post-Invoke"));
+
+    let root = sb.rootfs(9610);
+    let module = root.join("lib/modules/6.8.12-5-pve");
+    std::fs::create_dir_all(module.join("kernel")).unwrap();
+    write(
+        &module.join("updates/dkms/nvidia.ko"),
+        format!("name=nvidia\nversion={V2}\n"),
+    );
+    let modinfo = root.join("usr/local/sbin/modinfo");
+    std::fs::create_dir_all(modinfo.parent().unwrap()).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/modinfo"),
+        &modinfo,
+    )
+    .unwrap();
+    let digest = sb.config["runfile_sha256"][V2].clone();
+    write(
+        &root.join("etc/pve-nvidia-hook/config.json"),
+        serde_json::to_vec(&json!({
+            "runfile_url": sb.server.url("fault/slow/NVIDIA-Linux-x86_64-{version}.run"),
+            "runfile_sha256": { V2: digest },
+        }))
+        .unwrap(),
+    );
+    let fetched = root.join("var/lib/pve-nvidia-hook/prefetched.json");
+
+    let apt = apt_install(&sb, 9610, &["--reinstall", "/root/pve-nvidia-hook.deb"]);
+    assert!(apt.status.success(), "{}", text(&apt));
+    assert!(
+        text(&apt).contains(&format!(
+            "the next boot loads NVIDIA {V2} (kernel 6.8.12-5-pve, none loaded now): fetching its runfile in the background"
+        )),
+        "{}",
+        text(&apt)
+    );
+    assert!(!fetched.exists(), "apt waited for the download");
+    let started = Instant::now();
+    while !fetched.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no fetch: {}",
+            std::fs::read_to_string(root.join("var/log/pve-nvidia-hook/prefetch.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let slow = format!("fault/slow/NVIDIA-Linux-x86_64-{V2}.run");
+    assert_eq!(sb.server.count(&slow), 1);
+    let again = apt_install(&sb, 9610, &["--reinstall", "/root/pve-nvidia-hook.deb"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(!text(&again).contains("fetching"), "{}", text(&again));
+    assert_eq!(sb.server.count(&slow), 1, "fetched once");
 }

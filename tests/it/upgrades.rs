@@ -358,6 +358,20 @@ fn processes_that_map_the_old_driver_are_named_and_their_services_restarted() {
         "fresh\n",
         &mapping(&format!("{LIB}/libcuda.so.{V2}")),
     );
+    // Listed in the container's cgroup, but its pid now names another
+    // container's process: never named.
+    process(
+        &host,
+        101,
+        900005,
+        "system.slice/gone.service",
+        "other\n",
+        &old,
+    );
+    write(
+        &host.path().join("proc/900005/cgroup"),
+        "0::/lxc/102/ns/system.slice/other.service\n",
+    );
     // Thousands of processes, deeper down: the search stops at its bound.
     let many = host
         .path()
@@ -375,7 +389,7 @@ fn processes_that_map_the_old_driver_are_named_and_their_services_restarted() {
         format!("pid 900001 ollama (ollama.service): libcuda.so.{V1} (deleted)"),
         format!("pid 900002 python3: libcuda.so.{V1} (deleted)"),
         format!("pid 900003 \\u{{1b}}]0;pwned\\u{{7}}: libnvidia-ml.so.{V1}"),
-        "not every process was looked at: 4909 left out".to_string(),
+        "not every process was looked at: 4910 left out".to_string(),
         "restarted ollama.service in the container".to_string(),
         "2 processes in no system service of the container: not restarted".to_string(),
         format!("result: NVIDIA driver {V2} installed (replacing {V1}); 3 processes mapped the old driver, 1 service(s) restarted, 2 processes in no service, 3 processes still"),
@@ -383,7 +397,10 @@ fn processes_that_map_the_old_driver_are_named_and_their_services_restarted() {
         assert!(log.contains(&said), "{said}: {log}");
     }
     assert!(!log.contains('\u{1b}'), "{log}");
-    assert!(!log.contains("pid 900004"), "{log}");
+    assert!(
+        !log.contains("pid 900004") && !log.contains("pid 900005"),
+        "{log}"
+    );
     let systemctl: Vec<String> = host
         .calls()
         .into_iter()
@@ -470,4 +487,67 @@ fn the_container_is_rebooted_only_from_the_background_once_the_start_task_lets_i
         read().contains("the container rebooted")
     });
     assert!(read().contains("pct reboot 101"), "{}", read());
+}
+
+/// A tenant's process can hold its memory map's lock for as long as it
+/// likes: the search gives up at its deadline, the install stands, nothing
+/// is restarted on a guess.
+#[test]
+fn a_process_map_that_never_answers_holds_no_install() {
+    let mut host = FakeHost::new();
+    host.container(101, TAGGED);
+    assert!(host.run(&["install", "101"]).status.success());
+    host.runfile(V2, false);
+    host.set_host_version(V2);
+    process(&host, 101, 900001, "system.slice/app.service", "app\n", "");
+    let maps = host.path().join("proc/900001/maps");
+    std::fs::remove_file(&maps).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&maps)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    host.set("scan_timeout_secs", json!(1));
+    host.set("restart_after_install", json!("services"));
+    let started = Instant::now();
+    let out = host.run(&["install", "101"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    said(
+        &out,
+        "cannot tell which processes still map the old driver: no answer within 1.0s; the reader was abandoned",
+    );
+    said(&out, &format!("result: NVIDIA driver {V2} installed (replacing {V1}); which processes map the old driver could not be told, not restarted: cannot tell what to restart"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!host.calls().iter().any(|c| c.starts_with("systemctl")));
+}
+
+#[test]
+fn without_network_the_apt_hook_goes_on_and_the_fetch_fails_in_the_background() {
+    let mut host = FakeHost::new();
+    host.runfile(V2, false);
+    let digest = support::sha256_hex(&host.path().join("runfiles").join(runfile(V2)));
+    host.set("runfile_sha256", json!({ V2: digest }));
+    // Nothing listens there: every connection is refused.
+    host.set(
+        "runfile_url",
+        json!("http://127.0.0.1:9/NVIDIA-Linux-x86_64-{version}.run"),
+    );
+    host.kernel("6.8.12-5-pve", Some(V2), true);
+    let out = after_dpkg(&host, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    said(&out, "fetching its runfile in the background");
+    let log = host.path().join("log/prefetch.log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(60), "the failed fetch", || {
+        read().contains("could not be fetched")
+    });
+    assert!(!host.path().join("state/prefetched.json").exists());
+    // Not recorded: the next dpkg run tries again, and so does the admin.
+    said(
+        &after_dpkg(&host, None),
+        "fetching its runfile in the background",
+    );
+    let by_hand = host.run(&["prefetch"]);
+    assert_eq!(by_hand.status.code(), Some(1), "{}", text(&by_hand));
+    said(&by_hand, "after 3 attempts");
 }
