@@ -28,7 +28,6 @@ use crate::vmid::Vmid;
 /// What `sync` did for one container.
 #[derive(Debug, PartialEq, Eq)]
 enum Synced {
-    NotRequested,
     Stopped,
     UpToDate,
     AlreadyInstalling,
@@ -55,10 +54,10 @@ pub fn run(config: Option<&Path>, args: &SyncArgs) -> Result<ExitCode> {
     let mut failed = false;
     for vmid in ctx.all_containers()? {
         match check(&ctx, vmid, &host, args.backoff, now) {
+            Ok(None) => {}
             // The timer's runs say only what they did.
-            Ok(Synced::NotRequested | Synced::Stopped) => {}
-            Ok(Synced::UpToDate) if args.backoff => {}
-            Ok(done) => log::info!("{}", scoped(vmid, &said(&done, &host))),
+            Ok(Some(Synced::Stopped | Synced::UpToDate)) if args.backoff => {}
+            Ok(Some(done)) => log::info!("{}", scoped(vmid, &said(&done, &host))),
             Err(e) => {
                 log::error!("{}", scoped(vmid, &format!("{e:#}")));
                 failed = true;
@@ -72,28 +71,34 @@ pub fn run(config: Option<&Path>, args: &SyncArgs) -> Result<ExitCode> {
     })
 }
 
-fn check(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, backoff: bool, now: u64) -> Result<Synced> {
+/// What `sync` did for the container; None when it does not request NVIDIA.
+fn check(
+    ctx: &Ctx,
+    vmid: Vmid,
+    host: &DriverVersion,
+    backoff: bool,
+    now: u64,
+) -> Result<Option<Synced>> {
     let target = match ctx.lookup(vmid)? {
         Lookup::Container(t) if t.request.wanted => t,
-        _ => return Ok(Synced::NotRequested),
+        _ => return Ok(None),
     };
     if ctx.locks.is_installing(vmid) {
-        return Ok(Synced::AlreadyInstalling);
+        return Ok(Some(Synced::AlreadyInstalling));
     }
     let root = match ctx.open_container(vmid) {
         Ok(Some(root)) => root,
-        Ok(None) => return Ok(Synced::Stopped),
+        Ok(None) => return Ok(Some(Synced::Stopped)),
         Err(e) => {
-            return Ok(Synced::Skipped(format!(
-                "cannot tell what is installed: {e:#}"
-            )))
+            let why = format!("cannot tell what is installed: {e:#}");
+            return Ok(Some(Synced::Skipped(why)));
         }
     };
     let installed = detect::detect_in(&root);
     drop(root);
     let reason = match decision::decide(host, &installed, false) {
-        Action::UpToDate => return Ok(Synced::UpToDate),
-        Action::Skip(why) => return Ok(Synced::Skipped(why)),
+        Action::UpToDate => return Ok(Some(Synced::UpToDate)),
+        Action::Skip(why) => return Ok(Some(Synced::Skipped(why))),
         Action::Install(reason) => reason,
     };
     if backoff {
@@ -101,20 +106,19 @@ fn check(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, backoff: bool, now: u64) -
         let wait = target.settings.limits.sync_retry;
         if let Retry::After { at_unix, failures } = decision::retry(last.as_ref(), host, now, wait)
         {
-            return Ok(Synced::Waiting { at_unix, failures });
+            return Ok(Some(Synced::Waiting { at_unix, failures }));
         }
     }
     let log = detach::spawn_install(ctx, vmid)?;
-    Ok(Synced::Started {
+    Ok(Some(Synced::Started {
         reason,
         log: log.display().to_string(),
-    })
+    }))
 }
 
 fn said(done: &Synced, host: &DriverVersion) -> String {
     match done {
-        Synced::NotRequested => "NVIDIA not requested".into(),
-        Synced::Stopped => "not running".into(),
+        Synced::Stopped => "not running: its next start checks it".into(),
         Synced::UpToDate => format!("NVIDIA driver {host} up to date"),
         Synced::AlreadyInstalling => "already installing".into(),
         Synced::Skipped(why) => format!("left alone: {why}"),

@@ -72,14 +72,22 @@ pub fn after_install(
 ) -> AfterInstall {
     let vmid = target.vmid;
     let deadline = target.settings.limits.scan_timeout;
+    let started = Instant::now();
     let found = scan::scan(&ctx.host, vmid, host, deadline);
+    if let Ok(s) = &found {
+        log::debug!(
+            "looked at {} processes in {:.1} ms",
+            s.looked_at,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     match &found {
         Ok(s) if s.stale_count() == 0 => {
             log::info!("no process in the container maps another NVIDIA driver's libraries")
         }
         Ok(s) => log::warn!(
-            "{} another NVIDIA driver's libraries and fail (\"Driver/library version \
-             mismatch\") until restarted: {}",
+            "{} another NVIDIA driver's libraries (\"Driver/library version mismatch\" \
+             until restarted): {}",
             still_map(s.stale_count()),
             listing(s)
         ),

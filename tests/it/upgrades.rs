@@ -260,6 +260,8 @@ fn sync_installs_in_the_background_and_the_timer_backs_off_after_a_failure() {
     let host = FakeHost::new();
     host.container(101, TAGGED);
     host.container(102, "hostname: web\n");
+    host.container(103, TAGGED);
+    host.stop(103);
     host.runfile(V1, true);
 
     let timer = host.run(&["sync", "--backoff"]);
@@ -268,7 +270,11 @@ fn sync_installs_in_the_background_and_the_timer_backs_off_after_a_failure() {
         &timer,
         "CT 101: install started in the background (no NVIDIA driver in the container); log: ",
     );
-    assert!(!stderr(&timer).contains("CT 102"), "{}", text(&timer));
+    assert!(
+        !stderr(&timer).contains("CT 102") && !stderr(&timer).contains("CT 103"),
+        "{}",
+        text(&timer)
+    );
     let failed = settled(&host, 101, 1);
     assert_eq!(
         (failed["ok"].as_bool(), failed["failures"].as_u64()),
@@ -298,6 +304,8 @@ fn sync_installs_in_the_background_and_the_timer_backs_off_after_a_failure() {
     assert!(quiet.stderr.is_empty(), "{}", text(&quiet));
     let by_hand = host.run(&["sync"]);
     said(&by_hand, &format!("CT 101: NVIDIA driver {V1} up to date"));
+    said(&by_hand, "CT 103: not running: its next start checks it");
+    assert!(!stderr(&by_hand).contains("CT 102"), "{}", text(&by_hand));
 }
 
 /// A process of the fake container as the host's /proc shows it: in the
@@ -385,7 +393,7 @@ fn processes_that_map_the_old_driver_are_named_and_their_services_restarted() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let log = stderr(&out);
     for said in [
-        "3 processes still map another NVIDIA driver's libraries and fail (\"Driver/library version mismatch\") until restarted: ".to_string(),
+        "3 processes still map another NVIDIA driver's libraries (\"Driver/library version mismatch\" until restarted): ".to_string(),
         format!("pid 900001 ollama (ollama.service): libcuda.so.{V1} (deleted)"),
         format!("pid 900002 python3: libcuda.so.{V1} (deleted)"),
         format!("pid 900003 \\u{{1b}}]0;pwned\\u{{7}}: libnvidia-ml.so.{V1}"),
