@@ -16,6 +16,9 @@ type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 struct Logger {
     syslog: Option<Mutex<Syslog>>,
     timestamps: bool,
+    /// stderr is the journal (a systemd unit's): each line carries its
+    /// priority, and syslog, which would repeat it there, is not written.
+    journal: bool,
 }
 
 static VMID: OnceLock<Vmid> = OnceLock::new();
@@ -38,9 +41,15 @@ pub fn init(opts: Options) {
         process: "pve-nvidia-hook".into(),
         pid: std::process::id(),
     };
+    let journal = stderr_is_journal();
     let logger = Logger {
-        syslog: syslog::unix(formatter).ok().map(Mutex::new),
+        syslog: if journal {
+            None
+        } else {
+            syslog::unix(formatter).ok().map(Mutex::new)
+        },
         timestamps: opts.timestamps,
+        journal,
     };
     let level = match (opts.verbose, opts.quiet) {
         (true, _) => LevelFilter::Debug,
@@ -111,13 +120,43 @@ impl Log for Logger {
         } else {
             String::new()
         };
+        let priority = if self.journal {
+            journal_priority(record.level())
+        } else {
+            ""
+        };
         let _ = writeln!(
             std::io::stderr().lock(),
-            "{stamp}pve-nvidia-hook: {level}{line}"
+            "{priority}{stamp}pve-nvidia-hook: {level}{line}"
         );
     }
 
     fn flush(&self) {}
+}
+
+/// systemd names the stream it connects a unit's stderr to in
+/// `JOURNAL_STREAM` (`<device>:<inode>`); only when stderr is that very
+/// stream (not a file or pipe a child of the unit was given) is it the
+/// journal.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr())
+        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
+}
+
+/// The priority prefix journald reads on a stream line (`SyslogLevelPrefix`).
+fn journal_priority(level: Level) -> &'static str {
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
+    }
 }
 
 /// One event, one line, and nothing a terminal acts on: line breaks become
