@@ -17,6 +17,7 @@ pub mod error;
 pub mod fsutil;
 pub mod host;
 pub mod logging;
+pub mod notify;
 pub mod pct_config;
 pub mod pipeline;
 pub mod process;
