@@ -7,6 +7,7 @@ pub mod confined;
 pub mod dpkg;
 pub mod driver;
 pub mod elf;
+pub mod ldcache;
 pub mod mounts;
 pub mod record;
 pub mod rootfs;

@@ -6,6 +6,7 @@
 mod devices;
 mod e2e;
 mod e2e_cluster;
+mod e2e_docker;
 mod e2e_driver;
 mod e2e_hostile;
 mod e2e_notify;
