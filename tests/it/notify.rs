@@ -244,3 +244,32 @@ fn without_pve_notify_root_is_mailed() {
         "-i -- root"
     );
 }
+
+/// PVE::Notify that fails (pmxcfs not answering): said in the log, and
+/// root is mailed instead.
+#[test]
+fn a_failing_pve_notify_falls_back_to_mail() {
+    let host = FakeHost::new();
+    let sent = pve_notify_stand_in(host.path(), &host.path().join("bin"));
+    // The stand-in cannot write its record: it dies, as PVE::Notify does.
+    std::fs::create_dir_all(&sent).unwrap();
+    let bin = host.path().join("bin");
+    write(
+        &bin.join("sendmail"),
+        format!("#!/bin/sh\ncat >> '{}/mail'\n", host.path().display()),
+    );
+    set_mode(&bin.join("sendmail"), 0o755);
+    host.container(108, TAGGED);
+    failing(&host, V1);
+    let out = host.run(&["install", "108", "--from-hook"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Proxmox's notification failed: exit status")
+            && said.contains("mailing root instead"),
+        "{said}"
+    );
+    assert!(std::fs::read_to_string(host.path().join("mail"))
+        .unwrap()
+        .contains("Subject: NVIDIA driver install failed: CT 108"));
+}
