@@ -20,8 +20,9 @@ pub const NVIDIA_MAJOR: u32 = 195;
 const CTL_MINOR: u32 = 255;
 const MODESET_MINOR: u32 = 254;
 
-/// Capability files are a few per GPU instance; more is not NVIDIA's.
-const MAX_CAPS: usize = 512;
+/// NVIDIA's folders hold a few files per GPU (or GPU instance); more is
+/// not NVIDIA's.
+const MAX_FILES: usize = 512;
 
 /// Owner, group and mode of nodes, and whether they may be changed at all
 /// (`ModifyDeviceFiles: 0` leaves them to the system).
@@ -199,7 +200,7 @@ fn gpu_minors(dir: &Path) -> Vec<u32> {
         .into_iter()
         .flatten()
         .flatten()
-        .take(MAX_CAPS)
+        .take(MAX_FILES)
         .filter_map(|e| read_small(&e.path().join("information")).ok().flatten())
         .filter_map(|t| {
             t.lines().find_map(|l| {
@@ -224,7 +225,7 @@ fn caps(dir: &Path) -> Vec<Cap> {
     let mut todo = vec![(dir.to_path_buf(), 0)];
     while let Some((d, depth)) = todo.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if found.len() >= MAX_CAPS {
+            if found.len() >= MAX_FILES {
                 return found;
             }
             let path = entry.path();
