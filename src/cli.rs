@@ -52,6 +52,10 @@ pub enum Command {
     Disable(DisableArgs),
     /// Explain why a GPU is or is not usable in a container.
     Doctor(DoctorArgs),
+    /// Load nvidia-uvm and make every NVIDIA device node containers may be
+    /// given, with NVIDIA's modes (what pve-nvidia-hook-devices.service runs
+    /// at boot, before the guests start).
+    Devices,
     /// `<VMID> <PHASE>`: hookscript mode, as Proxmox calls it.
     #[command(external_subcommand)]
     Hook(Vec<String>),

@@ -13,15 +13,21 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
+use crate::config::Paths;
 use crate::context::Ctx;
 use crate::fsutil;
 use crate::process::{self, Limits};
 use crate::vmid::Vmid;
 
+/// Where the background install of `vmid` writes.
+pub fn log_file(paths: &Paths, vmid: Vmid) -> PathBuf {
+    paths.log.join(format!("{vmid}.log"))
+}
+
 pub fn spawn_install(ctx: &Ctx, vmid: Vmid) -> Result<PathBuf> {
     let paths = &ctx.config().paths;
     fsutil::ensure_root_only_dir(&paths.log)?;
-    let log_file = paths.log.join(format!("{vmid}.log"));
+    let log_file = log_file(paths, vmid);
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut args = vec![
         "install".to_string(),

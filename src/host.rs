@@ -220,8 +220,8 @@ impl Init {
     }
 }
 
-/// Reads a small file; Ok(None) when it does not exist.
-fn read_small(path: &Path) -> Result<Option<String>> {
+/// Reads a small (kernel) file; Ok(None) when it does not exist.
+pub(crate) fn read_small(path: &Path) -> Result<Option<String>> {
     match std::fs::File::open(path) {
         Ok(f) => {
             // Kernel files report no size: room for one read, not a dozen.

@@ -13,10 +13,12 @@ pub mod container;
 pub mod context;
 pub mod decision;
 pub mod detach;
+pub mod devices;
 pub mod error;
 pub mod fsutil;
 pub mod host;
 pub mod logging;
+pub mod notify;
 pub mod pct_config;
 pub mod pipeline;
 pub mod process;
@@ -53,6 +55,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Enable(args)) => commands::enable::enable(cli.config.as_deref(), &args),
         Some(Command::Disable(args)) => commands::enable::disable(cli.config.as_deref(), &args),
         Some(Command::Doctor(args)) => commands::doctor::run(cli.config.as_deref(), &args),
+        Some(Command::Devices) => commands::devices::run(cli.config.as_deref()),
         Some(Command::Hook(words)) => {
             let (vmid, phase) = cli::hook_args(&words).map_err(error::usage)?;
             commands::hook::run(cli.config.as_deref(), vmid, &phase)

@@ -21,6 +21,9 @@ struct Logger {
     written: AtomicUsize,
     /// The line that says the log ends here was written.
     ended: AtomicBool,
+    /// stderr is the journal (a systemd unit's): each line carries its
+    /// priority, and syslog, which would repeat it there, is not written.
+    journal: bool,
 }
 
 /// The longest line logged: a line is one event, and what an event quotes
@@ -52,11 +55,17 @@ pub fn init(opts: Options) {
         process: "pve-nvidia-hook".into(),
         pid: std::process::id(),
     };
+    let journal = stderr_is_journal();
     let logger = Logger {
-        syslog: syslog::unix(formatter).ok().map(Mutex::new),
+        syslog: if journal {
+            None
+        } else {
+            syslog::unix(formatter).ok().map(Mutex::new)
+        },
         timestamps: opts.timestamps,
         written: AtomicUsize::new(0),
         ended: AtomicBool::new(false),
+        journal,
     };
     let level = match (opts.verbose, opts.quiet) {
         (true, _) => LevelFilter::Debug,
@@ -138,11 +147,16 @@ impl Log for Logger {
         } else {
             String::new()
         };
+        let priority = if self.journal {
+            journal_priority(record.level())
+        } else {
+            ""
+        };
         // One write per line: lines of processes that share the log file
         // (the install's) are never interleaved.
         let _ = std::io::stderr()
             .lock()
-            .write_all(format!("{stamp}pve-nvidia-hook: {level}{line}\n").as_bytes());
+            .write_all(format!("{priority}{stamp}pve-nvidia-hook: {level}{line}\n").as_bytes());
     }
 
     fn flush(&self) {}
@@ -162,6 +176,31 @@ fn admit(total: usize, serious: bool) -> Admit {
         Admit::Line
     } else {
         Admit::Drop
+    }
+}
+
+/// systemd names the stream it connects a unit's stderr to in
+/// `JOURNAL_STREAM` (`<device>:<inode>`); only when stderr is that very
+/// stream (not a file or pipe a child of the unit was given) is it the
+/// journal.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr())
+        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
+}
+
+/// The priority prefix journald reads on a stream line (`SyslogLevelPrefix`).
+fn journal_priority(level: Level) -> &'static str {
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
     }
 }
 

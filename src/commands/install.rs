@@ -1,22 +1,52 @@
 //! `pve-nvidia-hook install <vmid> [--force]`, and the install the hook runs
-//! (in the foreground or detached): lock, re-check, pipeline, record.
+//! (in the foreground or detached): lock, re-check, pipeline, record. The
+//! detached one (never the hook itself) tells the admin how it went.
 
+use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::cli::InstallArgs;
 use crate::container::{detect, LxcAttach};
 use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
-use crate::logging;
-use crate::pipeline::{self, Budget, Job};
+use crate::error::{is_refused, Refused};
+use crate::notify::{self, Event, Severity};
+use crate::pipeline::{self, Budget, Job, Stage};
 use crate::published::{self, Seen};
 use crate::runfile::{self, Cache, Fetcher};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
-use crate::{cluster, decision::State};
+use crate::{cluster, decision::State, detach, logging};
+
+/// What an install did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    UpToDate,
+    /// Another process holds the container's install lock.
+    AlreadyInstalling,
+    Installed {
+        host: DriverVersion,
+        /// What the container had before.
+        from: Option<DriverVersion>,
+    },
+}
+
+/// The context of an install's error: the versions it was between, for
+/// the admin's notification ("installing NVIDIA driver 550.54.14: …").
+#[derive(Debug, Clone)]
+pub struct Installing {
+    pub host: DriverVersion,
+    pub container: Option<DriverVersion>,
+}
+
+impl fmt::Display for Installing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "installing NVIDIA driver {}", self.host)
+    }
+}
 
 /// The result, for `status --cluster` on the other nodes.
 fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
@@ -46,12 +76,63 @@ pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
     if !target.request.wanted {
         log::warn!("NVIDIA is not requested for this container; installing because you asked");
     }
-    install_for_host(&ctx, &target, args.force, !args.from_hook)?;
+    let outcome = install_for_host(&ctx, &target, args.force, !args.from_hook);
+    if args.from_hook {
+        tell_the_admin(&ctx, args.vmid, &outcome);
+    }
+    outcome?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// The notification for an install that ran in the background (the hook's,
+/// and `sync`'s): an error when it failed, a warning when the container
+/// cannot be brought to the host's version as it is, and, with `notify:
+/// all`, an info when it installed. Nothing for an install that had nothing
+/// to do.
+pub fn tell_the_admin(ctx: &Ctx, vmid: Vmid, outcome: &Result<Done>) {
+    let paths = &ctx.config().paths;
+    if let Some(event) = event(vmid, outcome, Some(detach::log_file(paths, vmid))) {
+        notify::notify(ctx.config().notify, paths, &ctx.locks, &event);
+    }
+}
+
+fn event(
+    vmid: Vmid,
+    outcome: &Result<Done>,
+    log_file: Option<std::path::PathBuf>,
+) -> Option<Event> {
+    match outcome {
+        Ok(Done::Installed { host, from }) => Some(Event {
+            vmid,
+            severity: Severity::Info,
+            host_version: Some(host.clone()),
+            container_version: from.clone(),
+            stage: None,
+            detail: format!("NVIDIA driver {host} installed and verified"),
+            log_file,
+        }),
+        Ok(Done::UpToDate | Done::AlreadyInstalling) => None,
+        Err(e) => {
+            let at = e.downcast_ref::<Installing>();
+            Some(Event {
+                vmid,
+                severity: if is_refused(e) {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                },
+                host_version: at.map(|a| a.host.clone()),
+                container_version: at.and_then(|a| a.container.clone()),
+                stage: e.downcast_ref::<Stage>().map(|s| s.0),
+                detail: format!("{e:#}"),
+                log_file,
+            })
+        }
+    }
+}
+
 /// The install for the version of the host's loaded module.
-pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool, foreground: bool) -> Result<()> {
+pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool, foreground: bool) -> Result<Done> {
     let host = ctx
         .host_version()?
         .ok_or_else(|| anyhow!("no NVIDIA kernel module loaded on the host; nothing to install"))?;
@@ -66,29 +147,39 @@ pub fn install(
     host: &DriverVersion,
     force: bool,
     foreground: bool,
-) -> Result<()> {
+) -> Result<Done> {
     let vmid = target.vmid;
     let settings = &target.settings;
     let budget = Budget::new(settings.limits.install_budget);
     let Some(_lock) = ctx.locks.try_container(vmid)? else {
         log::info!("already installing");
-        return Ok(());
+        return Ok(Done::AlreadyInstalling);
     };
     // Decided again under the lock: another install may just have finished.
-    let root = ctx
-        .open_container(vmid)?
-        .ok_or_else(|| anyhow!("container is not running"))?;
+    let root = match ctx.open_container(vmid) {
+        Ok(Some(root)) => root,
+        Ok(None) => bail!("container is not running"),
+        Err(e) => {
+            return Err(e.context(Refused(
+                "cannot read the container's files, so nothing is installed".into(),
+            )))
+        }
+    };
     // Nothing of this install outlives the container it is for.
     let _watching = crate::cancel::watch(root.init().pidfd())
-        .with_context(|| format!("CT {vmid}: watching its init"))?;
+        .map_err(|e| anyhow!("CT {vmid}: watching its init: {e}"))?;
     let installed = detect::detect_in(&root);
+    let attempt = Installing {
+        host: host.clone(),
+        container: installed.version().cloned(),
+    };
     match decision::decide(host, &installed, force) {
         Action::Install(reason) => log::info!("installing NVIDIA driver {host}: {reason}"),
         Action::UpToDate => {
             log::info!("NVIDIA driver {host} up to date");
-            return Ok(());
+            return Ok(Done::UpToDate);
         }
-        Action::Skip(why) => bail!("not installing: {why}"),
+        Action::Skip(why) => return Err(anyhow!(Refused(why)).context(attempt)),
     }
     let exec = LxcAttach::new(vmid)?;
     let paths = &ctx.config().paths;
@@ -130,7 +221,11 @@ pub fn install(
         log::warn!("could not record the result: {e:#}");
     }
     publish(ctx, vmid, host, &outcome);
-    outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
+    let from = attempt.container.clone();
+    outcome.map_err(|e| e.context(attempt))?;
     log::info!("NVIDIA driver {host} installed and verified");
-    Ok(())
+    Ok(Done::Installed {
+        host: host.clone(),
+        from,
+    })
 }

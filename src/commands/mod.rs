@@ -1,6 +1,7 @@
 //! One file per command. What they share, resolving a container in the host
 //! context, lives in [`crate::context`].
 
+pub mod devices;
 pub mod doctor;
 pub mod enable;
 pub mod hook;

@@ -190,6 +190,10 @@ mod tests {
                 r#"{"max_concurrent_installs": 0}"#,
                 "max_concurrent_installs",
             ),
+            (
+                r#"{"notify": "loud"}"#,
+                "unknown variant `loud`, expected one of `errors`, `all`, `off`",
+            ),
         ];
         for (text, expected) in cases {
             let err = format!("{:#}", parse(text).unwrap_err());

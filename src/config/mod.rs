@@ -65,6 +65,20 @@ pub enum DigestSpec {
     PerVersion(BTreeMap<String, String>),
 }
 
+/// Which outcomes of a background install the admin is told of through
+/// Proxmox's notifications (`notify`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyMode {
+    /// A failed install (`error`), and a container that cannot be brought
+    /// to the host's version (`warning`).
+    #[default]
+    Errors,
+    /// Those, and every install that succeeded (`info`).
+    All,
+    Off,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CudaConfig {
@@ -294,6 +308,8 @@ pub struct Config {
     /// The numeric settings resolved and checked at load.
     #[serde(skip)]
     pub limits: Limits,
+    /// What the admin is told of through Proxmox's notifications.
+    pub notify: NotifyMode,
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
@@ -435,6 +451,15 @@ mod tests {
         assert_eq!(s.all_dependencies(), DEFAULT_DEPENDENCIES);
         assert_eq!(s.limits.max_concurrent_installs, 2);
         assert_eq!(s.limits.read_timeout, Duration::from_secs(5));
+        assert_eq!(c.notify, NotifyMode::Errors);
+        assert_eq!(
+            parse(r#"{"notify": "all"}"#).unwrap().notify,
+            NotifyMode::All
+        );
+        assert_eq!(
+            parse(r#"{"notify": "off"}"#).unwrap().notify,
+            NotifyMode::Off
+        );
         let v: DriverVersion = "550.54.14".parse().unwrap();
         assert_eq!(
             s.runfile_urls(&v)[0],

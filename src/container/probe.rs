@@ -241,18 +241,10 @@ mod tests {
     #[test]
     fn a_reader_left_behind_is_remembered_by_later_runs() {
         let marker = std::env::temp_dir().join(format!("pnh-stuck-{}", std::process::id()));
+        // (That a reader held in the kernel is written down is shown on a
+        // real container: e2e_a_lookup_the_tenant_holds_in_the_kernel_holds_no_hook.
+        // Here the reader left behind is a process that does not end.)
         let (mut init, probe) = probe_of_a_sleeper(Duration::from_millis(300));
-        let probe = probe.remembering(marker.clone());
-        let err = probe
-            .read(|_| -> Result<(), ReadError> {
-                std::thread::sleep(Duration::from_secs(3));
-                Ok(())
-            })
-            .unwrap_err();
-        assert!(matches!(err, ReadError::TimedOut(_)), "{err}");
-        let left = LeftBehind::parse(&std::fs::read_to_string(&marker).unwrap()).unwrap();
-        assert_eq!(left.init, init.id());
-        // A reader that stays held (here: a process that does not end).
         let mut held = std::process::Command::new("sleep")
             .arg("60")
             .spawn()

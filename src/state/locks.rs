@@ -92,8 +92,19 @@ impl Locks {
 
     /// Serialises this node's writers of its published status.
     pub fn publish(&self) -> Result<Held> {
-        let fd = open_lock(&self.dir, "publish.lock")?;
-        rustix::fs::flock(&fd, FlockOperation::LockExclusive).context("locking publish.lock")?;
+        self.exclusive("publish.lock")
+    }
+
+    /// Serialises deciding and recording a notification to the admin (at
+    /// most one an hour per container and host version).
+    pub fn notify(&self) -> Result<Held> {
+        self.exclusive("notify.lock")
+    }
+
+    fn exclusive(&self, name: &str) -> Result<Held> {
+        let fd = open_lock(&self.dir, name)?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {name}"))?;
         Ok(Held { _fd: fd })
     }
 

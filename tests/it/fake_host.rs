@@ -33,19 +33,6 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
-        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
-            let target = d.join("bin").join(tool);
-            write(
-                &target,
-                std::fs::read(
-                    Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("tests/fakes")
-                        .join(tool),
-                )
-                .unwrap(),
-            );
-            set_mode(&target, 0o755);
-        }
         write(&d.join("calls.log"), "");
         // Where this host's storage paths are (for the pct and pvesh stand-ins).
         write(
@@ -68,6 +55,9 @@ impl FakeHost {
             dir,
             inits: std::sync::Mutex::new(Vec::new()),
         };
+        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
+            host.tool(tool);
+        }
         host.set_host_version(V1);
         host.runfile(V1, false);
         host.write_config();
@@ -76,6 +66,21 @@ impl FakeHost {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Puts the stand-in `tests/fakes/<name>` on this host's PATH.
+    pub fn tool(&self, name: &str) {
+        let target = self.path().join("bin").join(name);
+        write(
+            &target,
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fakes")
+                    .join(name),
+            )
+            .unwrap(),
+        );
+        set_mode(&target, 0o755);
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -4,17 +4,21 @@
 //! `package` installs the built .deb into one (root only).
 
 mod ci_deps;
+mod devices;
 mod e2e;
 mod e2e_cluster;
+mod e2e_docker;
 mod e2e_driver;
 mod e2e_hostile;
 mod e2e_lifecycle;
+mod e2e_notify;
 mod e2e_operator;
 mod fake_host;
 mod faults;
 mod hook;
 mod hostile;
 mod install;
+mod notify;
 mod operator;
 mod package;
 mod proxmox;

@@ -246,6 +246,63 @@ fn package_on(release: &str, vmid: u32, prior_log_dir: Option<u32>) {
         mode_owner(&sb, vmid, "/var/log/pve-nvidia-hook"),
         "700 root:root"
     );
+    // The boot unit that makes the device nodes before the guests start:
+    // shipped and enabled (deb-systemd-helper; no systemd runs here to
+    // start it). Run by hand on this node without NVIDIA's module: one
+    // line, nothing touched.
+    let unit = sb
+        .inside_ok(
+            vmid,
+            &[
+                "sh",
+                "-c",
+                "readlink -f /etc/systemd/system/multi-user.target.wants/pve-nvidia-hook-devices.service",
+            ],
+        )
+        .trim()
+        .to_string();
+    assert!(
+        unit.ends_with("/lib/systemd/system/pve-nvidia-hook-devices.service"),
+        "enabled: {unit}"
+    );
+    let shipped = sb.inside_ok(vmid, &["cat", &unit]);
+    for line in [
+        "Before=pve-guests.service pve-ha-lrm.service lxc.service",
+        "After=systemd-modules-load.service systemd-udev-trigger.service",
+        "ExecStart=/usr/bin/pve-nvidia-hook devices",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(shipped.contains(line), "{line} in {shipped}");
+    }
+    let devices = sb.inside(vmid, &["pve-nvidia-hook", "devices"]);
+    assert_eq!(devices.status.code(), Some(0), "{}", text(&devices));
+    assert!(
+        String::from_utf8_lossy(&devices.stderr).contains("no NVIDIA kernel module is loaded"),
+        "{}",
+        text(&devices)
+    );
+    // The notification templates, where proxmox-notify looks them up.
+    for (name, repo) in [
+        (
+            "pve-nvidia-hook-subject.txt.hbs",
+            include_str!("../../templates/pve-nvidia-hook-subject.txt.hbs"),
+        ),
+        (
+            "pve-nvidia-hook-body.txt.hbs",
+            include_str!("../../templates/pve-nvidia-hook-body.txt.hbs"),
+        ),
+    ] {
+        assert_eq!(
+            sb.inside_ok(
+                vmid,
+                &[
+                    "cat",
+                    &format!("/usr/share/pve-manager/templates/default/{name}")
+                ]
+            ),
+            repo
+        );
+    }
 
     // The snippet as a guest references it, for a container that requests nothing.
     sb.inside_ok(vmid, &["sh", "-c", FAKE_GUEST]);
@@ -354,6 +411,7 @@ fn package_on(release: &str, vmid: u32, prior_log_dir: Option<u32>) {
             "/var/cache/pve-nvidia-hook",
             "/var/log/pve-nvidia-hook",
             "/var/lib/pve-nvidia-hook",
+            "/etc/systemd/system/multi-user.target.wants/pve-nvidia-hook-devices.service",
         ]
         .iter(),
     ) {

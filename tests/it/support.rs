@@ -230,3 +230,12 @@ pub fn which(program: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} not found on PATH"))
 }
+
+/// `program` where the tool looks when no stand-in is on the caller's PATH
+/// (its fixed PATH), as `process::find_program` does.
+pub fn find_on_safe_path(program: &str) -> Option<PathBuf> {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}

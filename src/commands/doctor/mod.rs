@@ -3,6 +3,7 @@
 //! Exit 1 when any check fails.
 
 mod access;
+mod docker;
 mod hook;
 mod host;
 mod inside;
