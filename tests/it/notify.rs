@@ -173,10 +173,14 @@ fn a_container_that_cannot_be_read_is_a_warning() {
         calls[0]["data"]["title"],
         "NVIDIA driver not brought to the host's version"
     );
-    assert!(calls[0]["data"]["detail"]
-        .as_str()
-        .unwrap()
-        .starts_with("cannot read the container's files, so nothing is installed"));
+    assert!(
+        calls[0]["data"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot tell what is installed, so nothing is"),
+        "{}",
+        calls[0]["data"]
+    );
 }
 
 /// What the container's installer wrote reaches the notification without
