@@ -47,23 +47,7 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("storage '{}' has no path", store.name))?;
     place_snippet(&snippet, args.dry_run)?;
     if nodes.len() > 1 {
-        if args.dry_run {
-            println!(
-                "would check that every node ({}) has {volume}",
-                nodes.join(", ")
-            );
-        } else {
-            let lacking = cluster::nodes_lacking(&Api, &nodes, &node, &store, &volume);
-            if !lacking.is_empty() {
-                bail!(
-                    "{volume} does not exist on {}: Proxmox aborts a start there \
-                     (after a migration or an HA recovery). Install pve-nvidia-hook on those nodes (its package \
-                     places the snippet in their local storage), or use a shared storage with snippets (--storage {})",
-                    lacking.join("; "),
-                    storage::shared_snippet_storages(&storages, &node).join("|")
-                );
-            }
-        }
+        check_other_nodes(&nodes, &node, &store, &storages, &volume, args.dry_run)?;
     }
     let chains = Chains::new(&paths.pve);
     let code = super::for_each(&args.vmids, |vmid| {
@@ -73,6 +57,42 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         clear_stale_chains(&ctx, &chains, &[]);
     }
     Ok(code)
+}
+
+/// On a cluster, a node-local snippet must be on every node the container
+/// may start on: refused when a node lacks it; said, with how to make it
+/// checkable, when Proxmox's API cannot tell (a storage whose content has no
+/// snippets, as the installer writes `local`).
+fn check_other_nodes(
+    nodes: &[String],
+    node: &str,
+    store: &storage::Storage,
+    storages: &[storage::Storage],
+    volume: &str,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run && store.unlisted().is_none() && !store.is_shared() {
+        println!(
+            "would check that every node ({}) has {volume}",
+            nodes.join(", ")
+        );
+        return Ok(());
+    }
+    // A dry run gets here only where no node needs to be asked.
+    let presence = cluster::presence(&Api, nodes, node, store, volume);
+    if !presence.lacking.is_empty() {
+        bail!(
+            "{volume} does not exist on {}: Proxmox aborts a start there \
+             (after a migration or an HA recovery). Install pve-nvidia-hook on those nodes (its package \
+             places the snippet in their local storage), or use a shared storage with snippets (--storage {})",
+            presence.lacking.join("; "),
+            storage::shared_snippet_storages(storages, node).join("|")
+        );
+    }
+    if let Some(u) = presence.unverified {
+        println!("note: {}; {}", u.describe(volume), u.remedy());
+    }
+    Ok(())
 }
 
 fn enable_one(

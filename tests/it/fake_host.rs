@@ -33,7 +33,7 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
-        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
+        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh", "pve_storage.py"] {
             let target = d.join("bin").join(tool);
             write(
                 &target,

@@ -61,7 +61,7 @@ impl Sandbox {
         write(&w.join("attach.log"), "");
         // Proxmox's stand-ins, and where this host's /var/lib/vz is.
         let fakes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes");
-        for tool in ["pct", "pvesh"] {
+        for tool in ["pct", "pvesh", "pve_storage.py"] {
             std::fs::copy(fakes.join(tool), w.join("bin").join(tool)).unwrap();
         }
         write(
