@@ -23,7 +23,12 @@
 #                                           (Proxmox's default: ids mapped from 100000),
 #                                           dev[=MODE] (the nodes passed as Proxmox's devN
 #                                           entries: mknod'ed 0660 or MODE, owned by the
-#                                           container's root, bound in)
+#                                           container's root, bound in), realnodes (the
+#                                           test's own nodes in WORK/devnodes bound instead
+#                                           of the stand-in files), idmap (unprivileged by
+#                                           lxc.idmap lines alone, no `unprivileged: 1`),
+#                                           raw=FILE (its `lxc.key = value` lines added to
+#                                           both configs, in Proxmox's as `lxc.key: value`)
 #   sandbox.sh down VMID                    stops and destroys it
 #   sandbox.sh cluster WORK NODE...         a simulated cluster: WORK/cluster is the shared
 #                                           /etc/pve, WORK/node-NODE each node (its view of
@@ -202,6 +207,7 @@ host_version() {
 up() {
     local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
     local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660
+    local nodedir="$work/dev" idmap=no raw=
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
@@ -212,6 +218,9 @@ up() {
             unprivileged) unprivileged=yes ;;
             dev) dev=yes ;;
             dev=*) dev=yes; dev_mode=${opt#dev=} ;;
+            realnodes) nodedir="$work/devnodes" ;;
+            idmap) unprivileged=yes; idmap=yes ;;
+            raw=*) raw=${opt#raw=} ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
@@ -252,7 +261,12 @@ up() {
         echo "rootfs: dir:$dir/rootfs"
         [ -n "$tags" ] && echo "tags: $tags"
         [ "$fuse" = yes ] && echo "features: fuse=1"
-        [ "$unprivileged" = yes ] && echo "unprivileged: 1"
+        if [ "$idmap" = yes ]; then
+            echo "lxc.idmap: u 0 100000 65536"
+            echo "lxc.idmap: g 0 100000 65536"
+        elif [ "$unprivileged" = yes ]; then
+            echo "unprivileged: 1"
+        fi
         if [ "$gpu" = gpu ] && [ "$dev" = yes ]; then
             i=0
             for n in $nodes; do
@@ -265,12 +279,13 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry: $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry: $m"; done
         fi
+        [ -z "$raw" ] || sed 's/ = /: /' "$raw"
     } > "$work/pve/lxc/$vmid.conf"
     {
         echo "lxc.uts.name = ct$vmid"
@@ -304,12 +319,13 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry = $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
         fi
+        [ -z "$raw" ] || cat "$raw"
     } > "$dir/config"
     lxc-start -n "$vmid" -d
     lxc-wait -n "$vmid" -s RUNNING -t 30
@@ -396,5 +412,5 @@ case "$cmd" in
     host-version) host_version "$@" ;;
     up) up "$@" ;;
     down) down "$@" ;;
-    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,37p' "$0" >&2; exit 2 ;;
 esac

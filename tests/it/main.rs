@@ -3,8 +3,10 @@
 //! on PATH); `e2e*` against real LXC containers on the `sandbox`, and
 //! `package` installs the built .deb into one (root only).
 
+mod devices;
 mod e2e;
 mod e2e_cluster;
+mod e2e_devices;
 mod e2e_driver;
 mod e2e_hostile;
 mod e2e_operator;

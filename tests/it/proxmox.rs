@@ -4,7 +4,7 @@
 //! as `pct set` writes them, config sections.
 
 use crate::fake_host::{set_mode, FakeHost, TAGGED};
-use crate::support::{expect_exit, text, write};
+use crate::support::{expect_exit, mknod, text, write};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -180,13 +180,7 @@ fn tags_are_merged_and_keep_their_case_where_the_cluster_keeps_it() {
 #[ignore = "needs root (mknod); `make test` as root runs it"]
 fn config_fixes_say_to_stay_above_the_sections() {
     let host = FakeHost::new();
-    std::fs::create_dir_all(host.path().join("dev")).unwrap();
-    let made = std::process::Command::new("mknod")
-        .arg(host.path().join("dev/nvidia0"))
-        .args(["c", "195", "0"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "mknod");
+    mknod(&host.path().join("dev/nvidia0"), 0o600, 195, 0);
     host.container(
         206,
         "tags: nvidia\nlxc.mount.entry: /dev/nvidia0 dev/nvidia0 none bind,optional,create=file\n\n[before-upgrade]\ntags: old\n",

@@ -229,6 +229,17 @@ impl Drop for Sandbox {
     }
 }
 
+/// The device rules LXC applies on this machine (the sandbox's host): the
+/// cgroup2 ones on a pure cgroup v2 host, the v1 ones where a v1 devices
+/// controller is mounted; and the other, which it ignores.
+pub fn device_rule_keys() -> (&'static str, &'static str) {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        ("lxc.cgroup2.devices", "lxc.cgroup.devices")
+    } else {
+        ("lxc.cgroup.devices", "lxc.cgroup2.devices")
+    }
+}
+
 pub fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();

@@ -3,6 +3,7 @@
 //! Exit 1 when any check fails.
 
 mod access;
+mod cgroup;
 mod hook;
 mod host;
 mod inside;
@@ -163,7 +164,9 @@ fn container_checks(
         ),
     }
 
-    let passed = access::checks(target, nodes, report, scope);
+    let paths = &ctx.config().paths;
+    let layout = cgroup::layout(&paths.sys);
+    let passed = access::checks(target, nodes, &paths.dev, layout, report, scope);
     hook::checks(ctx, target, report, scope);
     inside::checks(ctx, target, host, nodes, &passed, report, scope);
 }
