@@ -7,6 +7,8 @@ mod cgroup;
 mod hook;
 mod host;
 mod inside;
+mod ownership;
+mod rules;
 mod runfile;
 
 use std::path::Path;
