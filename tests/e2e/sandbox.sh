@@ -376,6 +376,7 @@ cluster() {
         mkdir -p "$work/cluster/pve-nvidia-hook"
         ln -sfn ../../cluster/pve-nvidia-hook "$v/pve/pve-nvidia-hook"
         echo "$v/root" > "$v/storage_root"
+        echo "$v/devnodes" > "$v/host_dev"
         cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$top/tests/fakes/pve_storage.py" "$v/bin/"
         printf '#!/bin/sh\necho "$*" >> "%s"\nexec "%s" "$@"\n' "$v/attach.log" "$(command -v lxc-attach)" > "$v/bin/lxc-attach"
         chmod 755 "$v/bin/lxc-attach"

@@ -47,11 +47,13 @@ impl FakeHost {
             set_mode(&target, 0o755);
         }
         write(&d.join("calls.log"), "");
-        // Where this host's storage paths are (for the pct and pvesh stand-ins).
+        // Where this host's storage paths and /dev are (for the pct and
+        // pvesh stand-ins).
         write(
             &d.join("storage_root"),
             d.join("root").display().to_string(),
         );
+        write(&d.join("host_dev"), d.join("dev").display().to_string());
         let host = FakeHost {
             config: json!({
                 "background": false,

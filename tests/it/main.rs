@@ -19,4 +19,5 @@ mod operator;
 mod package;
 mod proxmox;
 mod sandbox;
+mod standins;
 mod support;

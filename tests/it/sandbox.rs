@@ -68,6 +68,10 @@ impl Sandbox {
             &w.join("storage_root"),
             w.join("root").display().to_string(),
         );
+        write(
+            &w.join("host_dev"),
+            w.join("devnodes").display().to_string(),
+        );
         sh(&["host-version", &w.display().to_string(), V1]);
         let server = FileServer::start(&w.join("runfiles"));
         let mut sb = Sandbox {
