@@ -224,6 +224,17 @@ impl FakeHost {
         }
     }
 
+    /// This fake host as node `a` of a two-node cluster (pmxcfs's links:
+    /// `local` and `lxc` lead to nodes/a); node b shows only in the folders.
+    pub fn node_a_of_two(&self) {
+        let pve = self.path().join("pve");
+        for node in ["a", "b"] {
+            std::fs::create_dir_all(pve.join(format!("nodes/{node}/lxc"))).unwrap();
+        }
+        std::os::unix::fs::symlink("nodes/a", pve.join("local")).unwrap();
+        std::os::unix::fs::symlink("nodes/a/lxc", pve.join("lxc")).unwrap();
+    }
+
     pub fn ct(&self, vmid: u32) -> PathBuf {
         self.path().join(format!("ct{vmid}"))
     }

@@ -3,6 +3,7 @@
 //! on PATH); `e2e*` against real LXC containers on the `sandbox`, and
 //! `package` installs the built .deb into one (root only).
 
+mod cli;
 mod devices;
 mod e2e;
 mod e2e_cluster;

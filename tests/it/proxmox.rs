@@ -193,17 +193,6 @@ fn config_fixes_say_to_stay_above_the_sections() {
     );
 }
 
-/// This fake host as node `a` of a two-node cluster (pmxcfs's links:
-/// `local` and `lxc` lead to nodes/a); node b shows only in the folders.
-fn node_a_of_two(host: &FakeHost) {
-    let pve = host.path().join("pve");
-    for node in ["a", "b"] {
-        std::fs::create_dir_all(pve.join(format!("nodes/{node}/lxc"))).unwrap();
-    }
-    std::os::unix::fs::symlink("nodes/a", pve.join("local")).unwrap();
-    std::os::unix::fs::symlink("nodes/a/lxc", pve.join("lxc")).unwrap();
-}
-
 /// Issue 15.1: every storage.cfg the Proxmox installer writes (its own
 /// texts, tests/data/installer-storage.cfg): `local` has no snippets in its
 /// content, and on BTRFS it is disabled, yet Proxmox runs a hookscript from
@@ -236,7 +225,7 @@ fn enable_works_on_every_storage_cfg_the_installer_writes() {
         for cluster in [false, true] {
             let host = FakeHost::new();
             if cluster {
-                node_a_of_two(&host);
+                host.node_a_of_two();
             }
             write(&host.path().join("pve/storage.cfg"), &cfg);
             host.container(101, "arch: amd64\nhostname: gpu\nostype: debian\n");

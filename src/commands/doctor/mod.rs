@@ -97,13 +97,13 @@ pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
                 None,
             ),
             Ok(Lookup::Missing) => {
-                report.add(&scope, "config", Level::Fail, "no such container", None)
+                report.add(&scope, "config", Level::Fail, ctx.not_here(vmid), None)
             }
             Err(e) => report.add(&scope, "config", Level::Fail, format!("{e:#}"), None),
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.checks)?);
+    if let Some(json) = super::json(args.output.format(), &report.checks)? {
+        println!("{json}");
     } else {
         for c in &report.checks {
             let level = match c.level {
