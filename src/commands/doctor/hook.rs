@@ -192,10 +192,11 @@ fn chain_checks(
         );
         return;
     }
+    let nodes = cluster::nodes(&paths.pve);
     let presence = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
-        Some((store, _)) if cluster::nodes(&paths.pve).len() > 1 => cluster::presence(
+        Some((store, _)) if nodes.len() > 1 => cluster::presence(
             &Api,
-            &cluster::nodes(&paths.pve),
+            &nodes,
             &cluster::node_name(&paths.pve),
             store,
             &record.chain,
