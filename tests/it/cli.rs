@@ -149,8 +149,9 @@ fn a_container_on_another_node_is_named_with_its_node() {
     ] {
         let out = host.run(args);
         assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("CT 102 is on node b: run this there"),
+            err.contains("CT 102 is on node b: run this there") && !err.contains("CT 102: CT 102"),
             "{args:?}: {}",
             text(&out)
         );
