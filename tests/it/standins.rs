@@ -144,8 +144,8 @@ lxc.cgroup2.devices.allow: c 195:* rwm\nlxc.mount.entry: /dev/nvidia0 dev/nvidia
 
 /// `lock: backup` (a backup, migration or snapshot in progress): Proxmox's
 /// check_lock refuses the change, and enable says so; the config lock held
-/// by a start task makes pct wait 10 s and give up, while the hook itself,
-/// which runs inside that start task, never needs it.
+/// by a start task makes pct set and pct push wait 10 s and give up, while
+/// the hook itself, which runs inside that start task, never needs it.
 #[test]
 fn pct_takes_the_config_lock_and_refuses_a_locked_container() {
     let host = FakeHost::new();
@@ -164,6 +164,19 @@ fn pct_takes_the_config_lock_and_refuses_a_locked_container() {
     let hook = host.run(&["132", "post-start"]);
     assert_eq!(hook.status.code(), Some(0), "{}", text(&hook));
     assert_eq!(host.status_json(132)["state"], "up-to-date");
+    // `pct push` takes the same lock (tried at once, beside enable).
+    let source = host.path().join("pushed");
+    write(&source, "data\n");
+    let push = || {
+        Command::new(host.path().join("bin/pct"))
+            .args(["push", "132"])
+            .arg(&source)
+            .arg("/var/tmp/pushed")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let waiting = push();
     let out = host.run(&["enable", "132"]);
     expect_exit(&out, 1, "can't lock file");
     assert!(
@@ -171,8 +184,27 @@ fn pct_takes_the_config_lock_and_refuses_a_locked_container() {
         "{}",
         text(&out)
     );
+    let pushed = waiting.wait_with_output().unwrap();
+    assert!(!pushed.status.success());
+    assert!(
+        String::from_utf8_lossy(&pushed.stderr).contains("got timeout"),
+        "{}",
+        text(&pushed)
+    );
     drop(held);
     assert!(host.run(&["enable", "132"]).status.success());
+    assert!(push().wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(host.ct(132).join("var/tmp/pushed")).unwrap(),
+        "data\n"
+    );
+    host.stop(132);
+    let stopped = push().wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&stopped.stderr).contains("can only push files to a running CT"),
+        "{}",
+        text(&stopped)
+    );
 }
 
 /// A devN change on a running container stays in [pve:pending] (pve-container
