@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::vmid::Vmid;
 
@@ -12,7 +12,7 @@ use crate::vmid::Vmid;
 #[command(
     name = "pve-nvidia-hook",
     version,
-    override_usage = "pve-nvidia-hook [OPTIONS] <VMID> <PHASE>\n       pve-nvidia-hook [OPTIONS] <COMMAND>",
+    override_usage = "pve-nvidia-hook [OPTIONS] <COMMAND>\n       pve-nvidia-hook <VMID> <PHASE>    (hookscript mode, as Proxmox runs it)",
     after_help = "Hookscript mode: registered with `pct set <vmid> --hookscript local:snippets/pve-nvidia-hook`, \
 Proxmox runs it as `pve-nvidia-hook <VMID> <PHASE>`. Only post-start does work: it checks that the \
 container's NVIDIA user-space driver matches the host's kernel module and installs it when not, \
@@ -72,8 +72,12 @@ pub fn hook_args(words: &[String]) -> Result<(Vmid, String), String> {
     }
 }
 
+/// What a `<VMID>` argument is.
+const VMID_HELP: &str = "Container ID on this node, as in `pct list`";
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
+    #[arg(value_name = "VMID", help = VMID_HELP)]
     pub vmid: Vmid,
     /// Install even when the container is up to date.
     #[arg(long)]
@@ -85,29 +89,65 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    #[arg(value_name = "VMID", help = VMID_HELP)]
     pub vmid: Vmid,
+}
+
+/// `--output-format`, as Proxmox's own tools (pvesh, pvesm, pct) take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    JsonPretty,
+}
+
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Text)]
+    output_format: OutputFormat,
+    /// Same as --output-format json-pretty.
+    #[arg(long, conflicts_with = "output_format")]
+    json: bool,
+}
+
+impl Output {
+    pub fn format(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::JsonPretty
+        } else {
+            self.output_format
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print a JSON array instead of a table.
+    #[command(flatten)]
+    pub output: Output,
+    /// For monitoring: exit 1 when a container that requests NVIDIA is
+    /// `failed`, `mismatch` or `unknown`, or does not have the hook
+    /// registered (each is named on stderr).
     #[arg(long)]
-    pub json: bool,
+    pub check: bool,
     /// Every node's containers: this node's read now, the others' as their
     /// nodes last published them in the cluster file system, whether they
     /// run from Proxmox's API.
     #[arg(long)]
     pub cluster: bool,
-    /// Containers to show [default: every container config found].
+    /// Containers to show, IDs on this node as in `pct list` [default: every
+    /// container config found].
+    #[arg(value_name = "VMID")]
     pub vmids: Vec<Vmid>,
 }
 
 #[derive(Debug, Args)]
 pub struct EnableArgs {
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "VMID", help = VMID_HELP)]
     pub vmids: Vec<Vmid>,
-    /// Storage for the snippet; it must allow the `snippets` content type
-    /// [default: on a cluster a shared one that does, else local].
+    /// Storage for the snippet: any with a path (Proxmox runs a hookscript
+    /// from it whatever its content types) [default: on a cluster a shared
+    /// one whose content has snippets, else local].
     #[arg(long)]
     pub storage: Option<String>,
     /// Do not add the `nvidia` tag.
@@ -127,8 +167,11 @@ pub struct EnableArgs {
 
 #[derive(Debug, Args)]
 pub struct DisableArgs {
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "VMID", help = VMID_HELP)]
     pub vmids: Vec<Vmid>,
+    /// Also remove the `nvidia` tag (which `enable` adds).
+    #[arg(long)]
+    pub untag: bool,
     /// Print the commands without running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -136,9 +179,10 @@ pub struct DisableArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Print a JSON array of checks instead of lines.
-    #[arg(long)]
-    pub json: bool,
-    /// Containers to check [default: every container that requests NVIDIA].
+    #[command(flatten)]
+    pub output: Output,
+    /// Containers to check, IDs on this node as in `pct list` [default:
+    /// every container that requests NVIDIA].
+    #[arg(value_name = "VMID")]
     pub vmids: Vec<Vmid>,
 }

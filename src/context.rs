@@ -151,15 +151,40 @@ impl Ctx {
             Lookup::Vm => Err(usage(format!(
                 "{vmid} is a virtual machine, not a container"
             ))),
-            Lookup::Missing => Err(usage(format!(
-                "no container {vmid}: {} does not exist",
-                self.config()
-                    .paths
-                    .pve
-                    .join(format!("lxc/{vmid}.conf"))
-                    .display()
-            ))),
+            Lookup::Missing => Err(usage(self.not_here(vmid))),
         }
+    }
+
+    /// Why `vmid` is no container of this node: the node whose folder in
+    /// the cluster file system (`nodes/<node>/lxc`, `qemu-server`) holds
+    /// it, which is where commands for it must run; or that there is none.
+    pub fn not_here(&self, vmid: Vmid) -> String {
+        let pve = &self.config().paths.pve;
+        let this = crate::cluster::node_name(pve);
+        let found = crate::cluster::nodes(pve)
+            .into_iter()
+            .filter(|n| *n != this)
+            .find_map(|node| {
+                let on = |kind: &str| {
+                    pve.join(format!("nodes/{node}/{kind}/{vmid}.conf"))
+                        .exists()
+                };
+                if on("lxc") {
+                    Some(format!("CT {vmid} is on node {node}: run this there"))
+                } else if on("qemu-server") {
+                    Some(format!(
+                        "{vmid} is a virtual machine on node {node}, not a container"
+                    ))
+                } else {
+                    None
+                }
+            });
+        found.unwrap_or_else(|| {
+            format!(
+                "no container {vmid} on this node ({this}): {} does not exist",
+                pve.join(format!("lxc/{vmid}.conf")).display()
+            )
+        })
     }
 
     pub fn host_version(&self) -> Result<Option<DriverVersion>> {

@@ -87,7 +87,8 @@ pub fn set_vmid(vmid: Vmid) {
 /// `CT <vmid>: <text>`, once: an error may already name its container.
 pub fn scoped(vmid: Vmid, text: &str) -> String {
     let prefix = format!("CT {vmid}: ");
-    if text.starts_with(&prefix) {
+    // "CT 102 is on node pve2: ..." names the container already.
+    if text.starts_with(&prefix) || text.starts_with(&format!("CT {vmid} ")) {
         text.to_string()
     } else {
         prefix + text

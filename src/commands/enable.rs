@@ -29,6 +29,11 @@ use crate::{fsutil, logging};
 
 pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
+    // Every vmid is this node's container before anything is written or
+    // asked: one on another node is named with its node.
+    for &vmid in &args.vmids {
+        ctx.container(vmid)?;
+    }
     let paths = &ctx.config().paths;
     let node = cluster::node_name(&paths.pve);
     let nodes = cluster::nodes(&paths.pve);
@@ -47,23 +52,7 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("storage '{}' has no path", store.name))?;
     place_snippet(&snippet, args.dry_run)?;
     if nodes.len() > 1 {
-        if args.dry_run {
-            println!(
-                "would check that every node ({}) has {volume}",
-                nodes.join(", ")
-            );
-        } else {
-            let lacking = cluster::nodes_lacking(&Api, &nodes, &node, &store, &volume);
-            if !lacking.is_empty() {
-                bail!(
-                    "{volume} does not exist on {}: Proxmox aborts a start there \
-                     (after a migration or an HA recovery). Install pve-nvidia-hook on those nodes (its package \
-                     places the snippet in their local storage), or use a shared storage with snippets (--storage {})",
-                    lacking.join("; "),
-                    storage::shared_snippet_storages(&storages, &node).join("|")
-                );
-            }
-        }
+        check_other_nodes(&nodes, &node, &store, &storages, &volume, args.dry_run)?;
     }
     let chains = Chains::new(&paths.pve);
     let code = super::for_each(&args.vmids, |vmid| {
@@ -73,6 +62,42 @@ pub fn enable(config: Option<&Path>, args: &EnableArgs) -> Result<ExitCode> {
         clear_stale_chains(&ctx, &chains, &[]);
     }
     Ok(code)
+}
+
+/// On a cluster, a node-local snippet must be on every node the container
+/// may start on: refused when a node lacks it; said, with how to make it
+/// checkable, when Proxmox's API cannot tell (a storage whose content has no
+/// snippets, as the installer writes `local`).
+fn check_other_nodes(
+    nodes: &[String],
+    node: &str,
+    store: &storage::Storage,
+    storages: &[storage::Storage],
+    volume: &str,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run && store.unlisted().is_none() && !store.is_shared() {
+        println!(
+            "would check that every node ({}) has {volume}",
+            nodes.join(", ")
+        );
+        return Ok(());
+    }
+    // A dry run gets here only where no node needs to be asked.
+    let presence = cluster::presence(&Api, nodes, node, store, volume);
+    if !presence.lacking.is_empty() {
+        bail!(
+            "{volume} does not exist on {}: Proxmox aborts a start there \
+             (after a migration or an HA recovery). Install pve-nvidia-hook on those nodes (its package \
+             places the snippet in their local storage), or use a shared storage with snippets (--storage {})",
+            presence.lacking.join("; "),
+            storage::shared_snippet_storages(storages, node).join("|")
+        );
+    }
+    if let Some(u) = presence.unverified {
+        println!("note: {}; {}", u.describe(volume), u.remedy());
+    }
+    Ok(())
 }
 
 fn enable_one(
@@ -150,7 +175,7 @@ pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {
     let chains = Chains::new(&ctx.config().paths.pve);
     let mut released = Vec::new();
     let code = super::for_each(&args.vmids, |vmid| {
-        released.extend(disable_one(&ctx, &chains, vmid, args.dry_run)?);
+        released.extend(disable_one(&ctx, &chains, vmid, args)?);
         Ok(())
     });
     if !args.dry_run {
@@ -161,11 +186,18 @@ pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {
 
 /// The chain token the container no longer carries, if any: its record
 /// goes once no other container (a clone, a restored copy) carries it.
-fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<Option<String>> {
+fn disable_one(
+    ctx: &Ctx,
+    chains: &Chains,
+    vmid: Vmid,
+    args: &DisableArgs,
+) -> Result<Option<String>> {
     let target = ctx.container(vmid)?;
     let token = chain::token(&target.pct);
+    let ours = target.pct.hookscript().is_some_and(is_ours);
+    let mut set = Vec::new();
     match target.pct.hookscript() {
-        Some(current) if is_ours(current) => {
+        Some(_) if ours => {
             let record = match &token {
                 Some(t) => Some(chains.get(t)?.ok_or_else(|| {
                     anyhow!(
@@ -176,32 +208,38 @@ fn disable_one(ctx: &Ctx, chains: &Chains, vmid: Vmid, dry_run: bool) -> Result<
                 })?),
                 None => None,
             };
-            let mut set = match &record {
+            set = match &record {
                 Some(r) => vec!["--hookscript".to_string(), r.chain.clone()],
                 None => vec!["--delete".to_string(), "hookscript".to_string()],
             };
-            if let Some(t) = &token {
-                set.extend(without_tag(&target.pct, &chain::tag(t)));
-            }
-            pct(vmid, &set, dry_run)?;
         }
         Some(other) => {
             println!("CT {vmid}: hookscript is {other}, not pve-nvidia-hook: left alone")
         }
         None => println!("CT {vmid}: not enabled"),
     }
-    if target.pct.has_tag(NVIDIA_TAG) {
+    // The chain tag goes with our hookscript; `nvidia` when asked.
+    let chain_tag = token.as_ref().filter(|_| ours).map(|t| chain::tag(t));
+    let drop = |t: &str| {
+        chain_tag.as_deref() == Some(t) || (args.untag && t.eq_ignore_ascii_case(NVIDIA_TAG))
+    };
+    if target.pct.raw_tags().iter().any(|t| drop(t)) {
+        set.extend(without_tags(&target.pct, drop));
+    }
+    if !set.is_empty() {
+        pct(vmid, &set, args.dry_run)?;
+    }
+    if target.pct.has_tag(NVIDIA_TAG) && !args.untag {
         println!(
-            "CT {vmid}: tag nvidia left in place (it only marks the container; the hook is gone)"
+            "CT {vmid}: tag nvidia left in place (it only marks the container; the hook is gone; --untag removes it)"
         );
     }
-    let ours = target.pct.hookscript().is_some_and(is_ours);
     Ok(token.filter(|_| ours))
 }
 
-/// `--tags` without one tag (or `--delete tags` when none is left).
-fn without_tag(pct: &PctConfig, tag: &str) -> Vec<String> {
-    let rest: Vec<String> = pct.raw_tags().into_iter().filter(|t| t != tag).collect();
+/// `--tags` without some tags (or `--delete tags` when none is left).
+fn without_tags(pct: &PctConfig, drop: impl Fn(&str) -> bool) -> Vec<String> {
+    let rest: Vec<String> = pct.raw_tags().into_iter().filter(|t| !drop(t)).collect();
     if rest.is_empty() {
         vec!["--delete".into(), "tags".into()]
     } else {

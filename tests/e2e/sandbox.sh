@@ -32,7 +32,12 @@
 #                                           hook mounts a volume; `sandbox.sh umount VMID`
 #                                           unmounts it as its post-stop hook does),
 #                                           release=trixie (a Debian 13 root instead of
-#                                           Debian 12's)
+#                                           Debian 12's), realnodes (the
+#                                           test's own nodes in WORK/devnodes bound instead
+#                                           of the stand-in files), idmap (unprivileged by
+#                                           lxc.idmap lines alone, no `unprivileged: 1`),
+#                                           raw=FILE (its `lxc.key = value` lines added to
+#                                           both configs, in Proxmox's as `lxc.key: value`)
 #   sandbox.sh down VMID                    stops and destroys it
 #   sandbox.sh umount VMID                  unmounts a stopped container's volume (fails
 #                                           while anything still holds it)
@@ -235,7 +240,7 @@ host_version() {
 up() {
     local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
     local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660 volume=no
-    local release=bookworm
+    local release=bookworm nodedir="$work/dev" idmap=no raw=
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
@@ -248,6 +253,9 @@ up() {
             dev=*) dev=yes; dev_mode=${opt#dev=} ;;
             volume) volume=yes ;;
             release=*) release=${opt#release=} ;;
+            realnodes) nodedir="$work/devnodes" ;;
+            idmap) unprivileged=yes; idmap=yes ;;
+            raw=*) raw=${opt#raw=} ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
@@ -297,7 +305,12 @@ up() {
         echo "rootfs: $rootfs_path"
         [ -n "$tags" ] && echo "tags: $tags"
         [ "$fuse" = yes ] && echo "features: fuse=1"
-        [ "$unprivileged" = yes ] && echo "unprivileged: 1"
+        if [ "$idmap" = yes ]; then
+            echo "lxc.idmap: u 0 100000 65536"
+            echo "lxc.idmap: g 0 100000 65536"
+        elif [ "$unprivileged" = yes ]; then
+            echo "unprivileged: 1"
+        fi
         if [ "$gpu" = gpu ] && [ "$dev" = yes ]; then
             i=0
             for n in $nodes; do
@@ -310,12 +323,13 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry: $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry: $m"; done
         fi
+        [ -z "$raw" ] || sed 's/ = /: /' "$raw"
     } > "$work/pve/lxc/$vmid.conf"
     {
         echo "lxc.uts.name = ct$vmid"
@@ -349,12 +363,13 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry = $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
         fi
+        [ -z "$raw" ] || cat "$raw"
     } > "$dir/config"
     lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
     lxc-wait -n "$vmid" -s RUNNING -t 30
@@ -475,7 +490,8 @@ cluster() {
         mkdir -p "$work/cluster/pve-nvidia-hook"
         ln -sfn ../../cluster/pve-nvidia-hook "$v/pve/pve-nvidia-hook"
         echo "$v/root" > "$v/storage_root"
-        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$v/bin/"
+        echo "$v/devnodes" > "$v/host_dev"
+        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$top/tests/fakes/pve_storage.py" "$v/bin/"
         printf '#!/bin/sh\necho "$*" >> "%s"\nexec "%s" "$@"\n' "$v/attach.log" "$(command -v lxc-attach)" > "$v/bin/lxc-attach"
         chmod 755 "$v/bin/lxc-attach"
         : > "$v/attach.log"

@@ -34,11 +34,13 @@ impl FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
         write(&d.join("calls.log"), "");
-        // Where this host's storage paths are (for the pct and pvesh stand-ins).
+        // Where this host's storage paths and /dev are (for the pct and
+        // pvesh stand-ins).
         write(
             &d.join("storage_root"),
             d.join("root").display().to_string(),
         );
+        write(&d.join("host_dev"), d.join("dev").display().to_string());
         let host = FakeHost {
             config: json!({
                 "background": false,
@@ -55,7 +57,7 @@ impl FakeHost {
             dir,
             inits: std::sync::Mutex::new(Vec::new()),
         };
-        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
+        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh", "pve_storage.py"] {
             host.tool(tool);
         }
         host.set_host_version(V1);
@@ -225,6 +227,17 @@ impl FakeHost {
                 let _ = child.wait();
             }
         }
+    }
+
+    /// This fake host as node `a` of a two-node cluster (pmxcfs's links:
+    /// `local` and `lxc` lead to nodes/a); node b shows only in the folders.
+    pub fn node_a_of_two(&self) {
+        let pve = self.path().join("pve");
+        for node in ["a", "b"] {
+            std::fs::create_dir_all(pve.join(format!("nodes/{node}/lxc"))).unwrap();
+        }
+        std::os::unix::fs::symlink("nodes/a", pve.join("local")).unwrap();
+        std::os::unix::fs::symlink("nodes/a/lxc", pve.join("lxc")).unwrap();
     }
 
     pub fn ct(&self, vmid: u32) -> PathBuf {

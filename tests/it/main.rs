@@ -4,9 +4,12 @@
 //! `package` installs the built .deb into one (root only).
 
 mod ci_deps;
+mod cli;
+mod device_access;
 mod devices;
 mod e2e;
 mod e2e_cluster;
+mod e2e_devices;
 mod e2e_docker;
 mod e2e_driver;
 mod e2e_hostile;
@@ -23,4 +26,5 @@ mod operator;
 mod package;
 mod proxmox;
 mod sandbox;
+mod standins;
 mod support;

@@ -89,25 +89,34 @@ fn enable_dry_run_changes_nothing() {
     assert!(pct_log(&host).is_empty());
 }
 
+/// A start needs the file at the volume's path, nothing else
+/// (`check_hookscript`): a storage whose content has no snippets holds it;
+/// one without a path, or none at all, is refused, naming those that can.
 #[test]
-fn enable_refuses_a_storage_without_snippets_and_lists_candidates() {
+fn enable_on_a_storage_without_snippets_content_and_refusals_list_candidates() {
     let host = FakeHost::new();
     with_storage(&host);
     host.container(162, TAGGED);
-    for (storage, expected) in [
-        ("isos", "pvesm set isos --content iso,snippets"),
-        ("local-lvm", "no path"),
-        ("nope", "no storage 'nope'"),
-    ] {
+    for (storage, expected) in [("local-lvm", "no path"), ("nope", "no storage 'nope'")] {
         let out = host.run(&["enable", "--storage", storage, "162"]);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(expected) && err.contains("storages that allow snippets: local"),
+            err.contains(expected) && err.contains("storages that can hold it: local, isos"),
             "{err}"
         );
     }
     assert!(pct_log(&host).is_empty());
+    let out = host.run(&["enable", "--storage", "isos", "162"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(host
+        .path()
+        .join("root/srv/isos/snippets/pve-nvidia-hook")
+        .is_file());
+    assert_eq!(
+        pct_log(&host),
+        ["set 162 --hookscript isos:snippets/pve-nvidia-hook"]
+    );
 }
 
 #[test]

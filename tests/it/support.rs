@@ -39,6 +39,18 @@ pub fn write(path: &Path, content: impl AsRef<[u8]>) {
     std::fs::write(path, content).unwrap();
 }
 
+/// A character device node (root only), its folder made first.
+pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let made = Command::new("mknod")
+        .args(["-m", &format!("{mode:o}")])
+        .arg(path)
+        .args(["c", &major.to_string(), &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {}", path.display());
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",

@@ -91,8 +91,30 @@ fn snippet_on_every_node(
     let nodes = cluster::nodes(&paths.pve);
     if nodes.len() > 1 {
         let this = cluster::node_name(&paths.pve);
-        let lacking = cluster::nodes_lacking(&Api, &nodes, &this, store, volume);
-        if lacking.is_empty() {
+        let presence = cluster::presence(&Api, &nodes, &this, store, volume);
+        if !presence.lacking.is_empty() {
+            report.add(
+                scope,
+                "cluster",
+                Level::Fail,
+                format!(
+                    "{volume} is missing on {}: the container cannot start there (migration, HA recovery)",
+                    presence.lacking.join("; ")
+                ),
+                Some(format!(
+                    "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
+                    storage::shared_snippet_storages(storages, &this).join("|")
+                )),
+            );
+        } else if let Some(u) = presence.unverified {
+            report.add(
+                scope,
+                "cluster",
+                Level::Warn,
+                u.describe(volume),
+                Some(u.remedy()),
+            );
+        } else {
             let how = if store.is_shared() {
                 "on shared storage"
             } else {
@@ -104,20 +126,6 @@ fn snippet_on_every_node(
                 Level::Ok,
                 format!("every node ({}) has {volume} ({how})", nodes.join(", ")),
                 None,
-            );
-        } else {
-            report.add(
-                scope,
-                "cluster",
-                Level::Fail,
-                format!(
-                    "{volume} is missing on {}: the container cannot start there (migration, HA recovery)",
-                    lacking.join("; ")
-                ),
-                Some(format!(
-                    "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
-                    storage::shared_snippet_storages(storages, &this).join("|")
-                )),
             );
         }
     }
@@ -184,32 +192,18 @@ fn chain_checks(
         );
         return;
     }
-    let lacking = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
-        None => Vec::new(),
-        Some((store, _)) => {
-            let nodes = cluster::nodes(&paths.pve);
-            if nodes.len() > 1 {
-                cluster::nodes_lacking(
-                    &Api,
-                    &nodes,
-                    &cluster::node_name(&paths.pve),
-                    store,
-                    &record.chain,
-                )
-            } else {
-                Vec::new()
-            }
-        }
+    let nodes = cluster::nodes(&paths.pve);
+    let presence = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
+        Some((store, _)) if nodes.len() > 1 => cluster::presence(
+            &Api,
+            &nodes,
+            &cluster::node_name(&paths.pve),
+            store,
+            &record.chain,
+        ),
+        _ => cluster::Presence::default(),
     };
-    if lacking.is_empty() {
-        report.add(
-            scope,
-            "chained hook",
-            Level::Ok,
-            format!("{} runs first in every phase", record.chain),
-            None,
-        );
-    } else {
+    if !presence.lacking.is_empty() {
         report.add(
             scope,
             "chained hook",
@@ -217,9 +211,29 @@ fn chain_checks(
             format!(
                 "{} is missing on {}: pre-start is aborted there",
                 record.chain,
-                lacking.join("; ")
+                presence.lacking.join("; ")
             ),
             Some("place it on those nodes, or on a shared storage".into()),
+        );
+    } else if let Some(u) = presence.unverified {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Warn,
+            format!(
+                "{} runs first in every phase; {}",
+                record.chain,
+                u.describe(&record.chain)
+            ),
+            Some(u.fix),
+        );
+    } else {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Ok,
+            format!("{} runs first in every phase", record.chain),
+            None,
         );
     }
 }
