@@ -61,10 +61,45 @@ pub enum Command {
     Hook(Vec<String>),
 }
 
+/// A hookscript phase, as Proxmox names them for containers; any other
+/// word is kept, to be warned about and otherwise ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    PreStart,
+    PostStart,
+    PreStop,
+    PostStop,
+    Other(String),
+}
+
+impl Phase {
+    pub fn parse(word: &str) -> Phase {
+        match word {
+            "pre-start" => Phase::PreStart,
+            "post-start" => Phase::PostStart,
+            "pre-stop" => Phase::PreStop,
+            "post-stop" => Phase::PostStop,
+            other => Phase::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::PreStart => "pre-start",
+            Phase::PostStart => "post-start",
+            Phase::PreStop => "pre-stop",
+            Phase::PostStop => "post-stop",
+            Phase::Other(word) => word,
+        })
+    }
+}
+
 /// The two hookscript arguments, validated: the vmid before anything is read.
-pub fn hook_args(words: &[String]) -> Result<(Vmid, String), String> {
+pub fn hook_args(words: &[String]) -> Result<(Vmid, Phase), String> {
     match words {
-        [vmid, phase] => Ok((vmid.parse()?, phase.clone())),
+        [vmid, phase] => Ok((vmid.parse()?, Phase::parse(phase))),
         _ => Err(format!(
             "hookscript mode takes exactly <VMID> <PHASE>, got {} argument(s); see --help",
             words.len()

@@ -4,7 +4,7 @@
 //! file system while it runs.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -58,12 +58,16 @@ impl Ctx {
 
     /// This node's container (or VM) `vmid`.
     pub fn lookup(&self, vmid: Vmid) -> Result<Lookup> {
-        let pve = &self.config().paths.pve;
-        let path = pve.join(format!("lxc/{vmid}.conf"));
-        match read_bounded(&path)? {
-            Some(text) => Ok(self.resolve(vmid, &path, &text)?),
-            None if pve.join(format!("qemu-server/{vmid}.conf")).exists() => Ok(Lookup::Vm),
-            None => Ok(Lookup::Missing),
+        self.lookup_read(vmid, read_guest(&self.config().paths.pve, vmid)?)
+    }
+
+    /// This node's container `vmid`, from its config as [`read_guest`]
+    /// read it.
+    pub fn lookup_read(&self, vmid: Vmid, guest: Guest) -> Result<Lookup> {
+        match guest {
+            Guest::Container { path, pct } => self.resolve(vmid, &path, pct),
+            Guest::Vm => Ok(Lookup::Vm),
+            Guest::Missing => Ok(Lookup::Missing),
         }
     }
 
@@ -75,7 +79,7 @@ impl Ctx {
             .pve
             .join(format!("nodes/{node}/lxc/{vmid}.conf"));
         match read_bounded(&path)? {
-            Some(text) => Ok(self.resolve(vmid, &path, &text)?),
+            Some(text) => self.resolve(vmid, &path, PctConfig::parse(&text)),
             None => Ok(Lookup::Missing),
         }
     }
@@ -114,8 +118,7 @@ impl Ctx {
         }
     }
 
-    fn resolve(&self, vmid: Vmid, path: &Path, text: &str) -> Result<Lookup> {
-        let pct = PctConfig::parse(text);
+    fn resolve(&self, vmid: Vmid, path: &Path, pct: PctConfig) -> Result<Lookup> {
         if pct.skipped_lines > 0 {
             log::debug!(
                 "{}: skipped {} unparsable line(s)",
@@ -225,6 +228,33 @@ impl Ctx {
     pub fn all_containers(&self) -> Result<Vec<Vmid>> {
         list_configs(&self.config().paths.pve.join("lxc"))
     }
+}
+
+/// A guest's config as this node has it, read once.
+pub enum Guest {
+    Container {
+        path: PathBuf,
+        pct: PctConfig,
+    },
+    /// A QEMU guest: hookscripts are shared between both kinds.
+    Vm,
+    Missing,
+}
+
+/// `<pve>/lxc/<vmid>.conf`, read (bounded) and parsed; or that `vmid` is a
+/// VM's, or nobody's. Needs nothing of this tool's configuration but where
+/// `/etc/pve` is: the hook reads it before its configuration (for a
+/// chained hookscript, which must run whatever became of that).
+pub fn read_guest(pve: &Path, vmid: Vmid) -> Result<Guest> {
+    let path = pve.join(format!("lxc/{vmid}.conf"));
+    Ok(match read_bounded(&path)? {
+        Some(text) => Guest::Container {
+            pct: PctConfig::parse(&text),
+            path,
+        },
+        None if pve.join(format!("qemu-server/{vmid}.conf")).exists() => Guest::Vm,
+        None => Guest::Missing,
+    })
 }
 
 /// The vmids of the `<vmid>.conf` files in a folder, sorted.

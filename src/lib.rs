@@ -58,7 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Devices) => commands::devices::run(cli.config.as_deref()),
         Some(Command::Hook(words)) => {
             let (vmid, phase) = cli::hook_args(&words).map_err(error::usage)?;
-            commands::hook::run(cli.config.as_deref(), vmid, &phase)
+            commands::hook::run(cli.config.as_deref(), vmid, phase)
         }
         None => Err(error::usage(
             "expected <VMID> <PHASE> (hookscript mode) or a command; see --help",

@@ -17,7 +17,7 @@ use crate::vmid::Vmid;
 mod load;
 mod phoenix;
 
-pub use load::{load, parse};
+pub use load::{load, parse, paths_anyway};
 pub use phoenix::{read_phoenix, PhoenixEntry};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pve-nvidia-hook/config.json";

@@ -3,6 +3,7 @@
 //! on PATH); `e2e*` against real LXC containers on the `sandbox`, and
 //! `package` installs the built .deb into one (root only).
 
+mod chain;
 mod ci_deps;
 mod cli;
 mod device_access;
