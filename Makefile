@@ -10,7 +10,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 BUILDDIR := target/deb/pve-nvidia-hook-$(VERSION)
 DEB := target/deb/pve-nvidia-hook_$(VERSION)_amd64.deb
 
-.PHONY: all build release deps lint test demo bench deb clean
+.PHONY: all build release deps build-deps test-deps bench-deps lint test demo bench deb clean
 
 all: build
 
@@ -20,10 +20,20 @@ build:
 release:
 	$(CARGO) build --release --locked
 
-deps:
-	.ci/deps
+# What each target needs, installed when missing (.ci/deps says what): `make
+# deb` only what building needs, never LXC or the test tools.
+build-deps:
+	.ci/deps build
 
-lint: deps
+test-deps:
+	.ci/deps test
+
+bench-deps:
+	.ci/deps bench
+
+deps: bench-deps
+
+lint: build-deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
@@ -31,20 +41,20 @@ lint: deps
 # (as in CI) they run. Without root they show as "ignored", never as passed.
 E2E := $(shell [ "$$(id -u)" = 0 ] && echo --include-ignored)
 
-test: lint $(if $(E2E),deb)
+test: lint test-deps $(if $(E2E),deb)
 	@[ -n "$(E2E)" ] || echo "make test: not root, so the real-container and package tests are ignored (listed as ignored below)"
 	$(CARGO) test --locked -- $(E2E)
 
-demo: deps release
+demo: test-deps release
 	tests/e2e/demo.sh
 
-bench: deps release
+bench: bench-deps release
 	bench/run.sh
 
 # The package, built from the tracked files in a copy of the tree (as
 # Proxmox's own packages are), then checked with lintian. The version comes
 # from Cargo.toml; debian/changelog must agree.
-deb: deps
+deb: build-deps
 	@changelog=$$(dpkg-parsechangelog -S Version); \
 	[ "$$changelog" = "$(VERSION)" ] || { echo "version mismatch: Cargo.toml $(VERSION), debian/changelog $$changelog" >&2; exit 1; }
 	rm -rf target/deb

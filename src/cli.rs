@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
@@ -13,7 +13,7 @@ use crate::vmid::Vmid;
 #[command(
     name = "pve-nvidia-hook",
     version,
-    override_usage = "pve-nvidia-hook [OPTIONS] <VMID> <PHASE>\n       pve-nvidia-hook [OPTIONS] <COMMAND>",
+    override_usage = "pve-nvidia-hook [OPTIONS] <COMMAND>\n       pve-nvidia-hook <VMID> <PHASE>    (hookscript mode, as Proxmox runs it)",
     after_help = "Hookscript mode: registered with `pct set <vmid> --hookscript local:snippets/pve-nvidia-hook`, \
 Proxmox runs it as `pve-nvidia-hook <VMID> <PHASE>`. Only post-start does work: it checks that the \
 container's NVIDIA user-space driver matches the host's kernel module and installs it when not, \
@@ -53,6 +53,10 @@ pub enum Command {
     Disable(DisableArgs),
     /// Explain why a GPU is or is not usable in a container.
     Doctor(DoctorArgs),
+    /// Load nvidia-uvm and make every NVIDIA device node containers may be
+    /// given, with NVIDIA's modes (what pve-nvidia-hook-devices.service runs
+    /// at boot, before the guests start).
+    Devices,
     /// Download and verify the driver runfile for VERSION ahead of time, so
     /// that the installs after the next boot wait for no download.
     Prefetch(PrefetchArgs),
@@ -64,10 +68,45 @@ pub enum Command {
     Hook(Vec<String>),
 }
 
+/// A hookscript phase, as Proxmox names them for containers; any other
+/// word is kept, to be warned about and otherwise ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    PreStart,
+    PostStart,
+    PreStop,
+    PostStop,
+    Other(String),
+}
+
+impl Phase {
+    pub fn parse(word: &str) -> Phase {
+        match word {
+            "pre-start" => Phase::PreStart,
+            "post-start" => Phase::PostStart,
+            "pre-stop" => Phase::PreStop,
+            "post-stop" => Phase::PostStop,
+            other => Phase::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::PreStart => "pre-start",
+            Phase::PostStart => "post-start",
+            Phase::PreStop => "pre-stop",
+            Phase::PostStop => "post-stop",
+            Phase::Other(word) => word,
+        })
+    }
+}
+
 /// The two hookscript arguments, validated: the vmid before anything is read.
-pub fn hook_args(words: &[String]) -> Result<(Vmid, String), String> {
+pub fn hook_args(words: &[String]) -> Result<(Vmid, Phase), String> {
     match words {
-        [vmid, phase] => Ok((vmid.parse()?, phase.clone())),
+        [vmid, phase] => Ok((vmid.parse()?, Phase::parse(phase))),
         _ => Err(format!(
             "hookscript mode takes exactly <VMID> <PHASE>, got {} argument(s); see --help",
             words.len()
@@ -75,8 +114,12 @@ pub fn hook_args(words: &[String]) -> Result<(Vmid, String), String> {
     }
 }
 
+/// What a `<VMID>` argument is.
+const VMID_HELP: &str = "Container ID on this node, as in `pct list`";
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
+    #[arg(value_name = "VMID", help = VMID_HELP)]
     pub vmid: Vmid,
     /// Install even when the container is up to date.
     #[arg(long)]
@@ -88,29 +131,65 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    #[arg(value_name = "VMID", help = VMID_HELP)]
     pub vmid: Vmid,
+}
+
+/// `--output-format`, as Proxmox's own tools (pvesh, pvesm, pct) take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    JsonPretty,
+}
+
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Text)]
+    output_format: OutputFormat,
+    /// Same as --output-format json-pretty.
+    #[arg(long, conflicts_with = "output_format")]
+    json: bool,
+}
+
+impl Output {
+    pub fn format(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::JsonPretty
+        } else {
+            self.output_format
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print a JSON array instead of a table.
+    #[command(flatten)]
+    pub output: Output,
+    /// For monitoring: exit 1 when a container that requests NVIDIA is
+    /// `failed`, `mismatch` or `unknown`, or does not have the hook
+    /// registered (each is named on stderr).
     #[arg(long)]
-    pub json: bool,
+    pub check: bool,
     /// Every node's containers: this node's read now, the others' as their
     /// nodes last published them in the cluster file system, whether they
     /// run from Proxmox's API.
     #[arg(long)]
     pub cluster: bool,
-    /// Containers to show [default: every container config found].
+    /// Containers to show, IDs on this node as in `pct list` [default: every
+    /// container config found].
+    #[arg(value_name = "VMID")]
     pub vmids: Vec<Vmid>,
 }
 
 #[derive(Debug, Args)]
 pub struct EnableArgs {
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "VMID", help = VMID_HELP)]
     pub vmids: Vec<Vmid>,
-    /// Storage for the snippet; it must allow the `snippets` content type
-    /// [default: on a cluster a shared one that does, else local].
+    /// Storage for the snippet: any with a path (Proxmox runs a hookscript
+    /// from it whatever its content types) [default: on a cluster a shared
+    /// one whose content has snippets, else local].
     #[arg(long)]
     pub storage: Option<String>,
     /// Do not add the `nvidia` tag.
@@ -130,8 +209,11 @@ pub struct EnableArgs {
 
 #[derive(Debug, Args)]
 pub struct DisableArgs {
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "VMID", help = VMID_HELP)]
     pub vmids: Vec<Vmid>,
+    /// Also remove the `nvidia` tag (which `enable` adds).
+    #[arg(long)]
+    pub untag: bool,
     /// Print the commands without running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -139,10 +221,11 @@ pub struct DisableArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Print a JSON array of checks instead of lines.
-    #[arg(long)]
-    pub json: bool,
-    /// Containers to check [default: every container that requests NVIDIA].
+    #[command(flatten)]
+    pub output: Output,
+    /// Containers to check, IDs on this node as in `pct list` [default:
+    /// every container that requests NVIDIA].
+    #[arg(value_name = "VMID")]
     pub vmids: Vec<Vmid>,
 }
 

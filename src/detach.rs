@@ -4,7 +4,9 @@
 //! container's config lock (and, at boot, every later guest): the install
 //! runs with its output in `<log>/<vmid>.log`, in its own session, or in its
 //! own transient systemd unit where systemd runs, so that a restart of the
-//! Proxmox daemons does not take it down.
+//! Proxmox daemons does not take it down. The logs hold what a tenant's
+//! programs printed and the host's paths: root's alone (a 0700 folder, 0600
+//! files, whoever creates them).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -51,7 +53,7 @@ pub fn spawn_prefetch(ctx: &Ctx, version: &DriverVersion) -> Result<PathBuf> {
 /// runs, else in a session of its own, its output appended to `log_file`.
 fn spawn(ctx: &Ctx, unit: &str, args: &[String], log_file: &Path) -> Result<()> {
     let paths = &ctx.config().paths;
-    fsutil::ensure_private_dir(&paths.log)?;
+    fsutil::ensure_root_only_dir(&paths.log)?;
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut args = args.to_vec();
     if let Some(file) = &ctx.loaded.file {
@@ -64,6 +66,9 @@ fn spawn(ctx: &Ctx, unit: &str, args: &[String], log_file: &Path) -> Result<()> 
                 format!("--unit={unit}"),
                 "--collect".to_string(),
                 "--quiet".to_string(),
+                // systemd creates the output file with 0666 less the unit's
+                // umask (its default is 0022: readable by every user).
+                "--property=UMask=0077".to_string(),
                 format!("--property=StandardOutput=append:{}", log_file.display()),
                 format!("--property=StandardError=append:{}", log_file.display()),
                 format!(
@@ -89,7 +94,7 @@ fn spawn(ctx: &Ctx, unit: &str, args: &[String], log_file: &Path) -> Result<()> 
             );
         }
     }
-    let out = fsutil::open_append_nofollow(log_file, 0o640)?;
+    let out = fsutil::open_append_nofollow(log_file, 0o600)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(&exe);
     cmd.args(&args)

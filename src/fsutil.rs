@@ -22,6 +22,25 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     check_trusted(dir)
 }
 
+/// A folder only root may read (install logs): [`ensure_private_dir`], then
+/// narrowed to 0700 where it is wider (version 0.2.0's package made the log
+/// folder 0755). Not for `/etc/pve`: pmxcfs refuses any mode but its own.
+pub fn ensure_root_only_dir(dir: &Path) -> Result<()> {
+    ensure_private_dir(dir)?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", dir.display()))?;
+    let st = rustix::fs::fstat(&fd).with_context(|| format!("reading {}", dir.display()))?;
+    if st.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::RWXU)
+            .with_context(|| format!("making {} root's alone (chmod 0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The file or directory must not be a symlink, must be owned by our user,
 /// and must not be writable by group or others.
 pub fn check_trusted(path: &Path) -> Result<()> {

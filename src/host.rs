@@ -326,7 +326,7 @@ impl Init {
     }
 }
 
-/// Reads a small file; Ok(None) when it does not exist.
+/// Reads a small (kernel) file; Ok(None) when it does not exist.
 pub(crate) fn read_small(path: &Path) -> Result<Option<String>> {
     match std::fs::File::open(path) {
         Ok(f) => {

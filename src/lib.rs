@@ -13,11 +13,13 @@ pub mod container;
 pub mod context;
 pub mod decision;
 pub mod detach;
+pub mod devices;
 pub mod error;
 pub mod fsutil;
 pub mod host;
 pub mod kernels;
 pub mod logging;
+pub mod notify;
 pub mod pct_config;
 pub mod pipeline;
 pub mod process;
@@ -59,9 +61,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Doctor(args)) => commands::doctor::run(cli.config.as_deref(), &args),
         Some(Command::Prefetch(args)) => commands::prefetch::run(cli.config.as_deref(), &args),
         Some(Command::Sync(args)) => commands::sync::run(cli.config.as_deref(), &args),
+        Some(Command::Devices) => commands::devices::run(cli.config.as_deref()),
         Some(Command::Hook(words)) => {
             let (vmid, phase) = cli::hook_args(&words).map_err(error::usage)?;
-            commands::hook::run(cli.config.as_deref(), vmid, &phase)
+            commands::hook::run(cli.config.as_deref(), vmid, phase)
         }
         None => Err(error::usage(
             "expected <VMID> <PHASE> (hookscript mode) or a command; see --help",

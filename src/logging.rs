@@ -3,6 +3,7 @@
 //! start task's log. Without a syslog socket, stderr alone.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,23 @@ type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 struct Logger {
     syslog: Option<Mutex<Syslog>>,
     timestamps: bool,
+    /// Bytes logged so far by this process: see [`VOLUME`].
+    written: AtomicUsize,
+    /// The line that says the log ends here was written.
+    ended: AtomicBool,
+    /// stderr is the journal (a systemd unit's): each line carries its
+    /// priority, and syslog, which would repeat it there, is not written.
+    journal: bool,
 }
+
+/// The longest line logged: a line is one event, and what an event quotes
+/// from a container (a program's output, a list of names) is cut here.
+pub const LINE_MAX: usize = 64 * 1024;
+/// What one process (a hook run, an install) logs at most: a real install
+/// logs a few KiB. Past it, only warnings and errors, up to [`VOLUME_HARD`],
+/// then nothing but one line that says so.
+const VOLUME: usize = 1 << 20;
+const VOLUME_HARD: usize = VOLUME + (256 << 10);
 
 static VMID: OnceLock<Vmid> = OnceLock::new();
 static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -38,9 +55,17 @@ pub fn init(opts: Options) {
         process: "pve-nvidia-hook".into(),
         pid: std::process::id(),
     };
+    let journal = stderr_is_journal();
     let logger = Logger {
-        syslog: syslog::unix(formatter).ok().map(Mutex::new),
+        syslog: if journal {
+            None
+        } else {
+            syslog::unix(formatter).ok().map(Mutex::new)
+        },
         timestamps: opts.timestamps,
+        written: AtomicUsize::new(0),
+        ended: AtomicBool::new(false),
+        journal,
     };
     let level = match (opts.verbose, opts.quiet) {
         (true, _) => LevelFilter::Debug,
@@ -62,7 +87,8 @@ pub fn set_vmid(vmid: Vmid) {
 /// `CT <vmid>: <text>`, once: an error may already name its container.
 pub fn scoped(vmid: Vmid, text: &str) -> String {
     let prefix = format!("CT {vmid}: ");
-    if text.starts_with(&prefix) {
+    // "CT 102 is on node pve2: ..." names the container already.
+    if text.starts_with(&prefix) || text.starts_with(&format!("CT {vmid} ")) {
         text.to_string()
     } else {
         prefix + text
@@ -86,11 +112,22 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let text = sanitize(&record.args().to_string());
-        let line = match VMID.get() {
+        let text = bounded(&record.args().to_string(), LINE_MAX);
+        let mut line = match VMID.get() {
             Some(vmid) => scoped(*vmid, &text),
             None => text,
         };
+        let total = self.written.fetch_add(line.len(), Ordering::Relaxed) + line.len();
+        match admit(total, record.level() <= Level::Warn) {
+            Admit::Line => {}
+            Admit::Drop if !self.ended.swap(true, Ordering::Relaxed) => {
+                line = format!(
+                    "this process has logged over {} KiB; later lines are left out",
+                    VOLUME >> 10
+                );
+            }
+            Admit::Drop => return,
+        }
         if let Some(syslog) = &self.syslog {
             if let Ok(mut s) = syslog.lock() {
                 let _ = match record.level() {
@@ -111,13 +148,61 @@ impl Log for Logger {
         } else {
             String::new()
         };
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "{stamp}pve-nvidia-hook: {level}{line}"
-        );
+        let priority = if self.journal {
+            journal_priority(record.level())
+        } else {
+            ""
+        };
+        // One write per line: lines of processes that share the log file
+        // (the install's) are never interleaved.
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(format!("{priority}{stamp}pve-nvidia-hook: {level}{line}\n").as_bytes());
     }
 
     fn flush(&self) {}
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Line,
+    Drop,
+}
+
+/// Whether a line that brings this process's log to `total` bytes is
+/// written: within [`VOLUME`] every line, past it warnings and errors up to
+/// [`VOLUME_HARD`].
+fn admit(total: usize, serious: bool) -> Admit {
+    if total <= VOLUME || (serious && total <= VOLUME_HARD) {
+        Admit::Line
+    } else {
+        Admit::Drop
+    }
+}
+
+/// systemd names the stream it connects a unit's stderr to in
+/// `JOURNAL_STREAM` (`<device>:<inode>`); only when stderr is that very
+/// stream (not a file or pipe a child of the unit was given) is it the
+/// journal.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr())
+        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
+}
+
+/// The priority prefix journald reads on a stream line (`SyslogLevelPrefix`).
+fn journal_priority(level: Level) -> &'static str {
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
+    }
 }
 
 /// One event, one line, and nothing a terminal acts on: line breaks become
@@ -253,6 +338,16 @@ mod tests {
             sanitize("evil\u{202e}txt.exe\u{2066}"),
             "evil\\u{202e}txt.exe\\u{2066}"
         );
+    }
+
+    #[test]
+    fn a_process_logs_a_bounded_volume() {
+        assert_eq!(admit(1000, false), Admit::Line);
+        assert_eq!(admit(VOLUME + 1, false), Admit::Drop);
+        assert_eq!(admit(VOLUME + 1, true), Admit::Line);
+        assert_eq!(admit(VOLUME_HARD + 1, true), Admit::Drop);
+        let line = bounded(&"x".repeat(10 << 20), LINE_MAX);
+        assert!(line.len() <= LINE_MAX);
     }
 
     #[test]

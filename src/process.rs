@@ -5,9 +5,11 @@
 //! starts (in a container, too) can open the admin's terminal as `/dev/tty`.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,24 +116,12 @@ fn is_executable(p: &Path) -> bool {
 
 /// Descriptors this process inherited without close-on-exec (a shell may
 /// leak some) get it, so that none reaches a program it starts, and through
-/// `lxc-attach` a container. Called first thing, while no other thread runs.
+/// `lxc-attach` a container. Called first thing: one system call.
 pub fn close_inherited_on_exec() {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    for fd in fds {
-        // SAFETY: only the flags of a descriptor number change; one closed
-        // since it was listed (the listing's own) gives EBADF, ignored, and
-        // no other thread runs yet to open another under that number.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
-            let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);
-        }
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only
+    // sets a flag on descriptors 3 and up.
+    unsafe {
+        libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32);
     }
 }
 
@@ -207,12 +197,13 @@ pub fn run_with(
     });
     // A grandchild may still hold the pipes open; give the readers a moment,
     // then take what they have.
+    let until = Instant::now() + OUTPUT_GRACE;
     let out = Output {
         code: status.code(),
         signal: status.signal(),
         timed_out,
-        stdout: stdout.finish(),
-        stderr: stderr.finish(),
+        stdout: stdout.finish(until),
+        stderr: stderr.finish(until),
         fed,
     };
     Ok(out)
@@ -272,26 +263,56 @@ fn kill_group(pid: u32) {
 struct Capture {
     buf: Arc<Mutex<Vec<u8>>>,
     done: std::sync::mpsc::Receiver<()>,
+    stop: Arc<AtomicBool>,
 }
 
+/// How long the output of a program that has exited is still read: a
+/// process it left behind (a tenant's daemon) may hold the pipe open for
+/// ever; then the pipe is closed on it.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 impl Capture {
-    fn finish(self) -> Vec<u8> {
-        let _ = self.done.recv_timeout(Duration::from_secs(2));
+    /// What was read by `until` (the program's exit and the grace period).
+    fn finish(self, until: Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(until.saturating_duration_since(Instant::now()));
+        self.stop.store(true, Ordering::Relaxed);
         std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
-fn capture<R: Read + Send + 'static>(reader: Option<R>, max: usize, keep_tail: bool) -> Capture {
+fn capture<R>(reader: Option<R>, max: usize, keep_tail: bool) -> Capture
+where
+    R: Read + AsFd + Send + 'static,
+{
     let buf = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
     let (tx, done) = std::sync::mpsc::channel();
-    let shared = Arc::clone(&buf);
+    let (shared, stopped) = (Arc::clone(&buf), Arc::clone(&stop));
     std::thread::spawn(move || {
         if let Some(mut reader) = reader {
             let mut chunk = [0u8; 16 * 1024];
-            while let Ok(n) = reader.read(&mut chunk) {
-                if n == 0 {
-                    break;
+            // Woken every 100 ms to see whether the caller has given up on
+            // the rest; the pipe is dropped (closed) when it has.
+            let tick = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                let mut fds = [rustix::event::PollFd::new(
+                    &reader,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, Some(&tick)) {
+                    Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                    Ok(_) => {}
+                    Err(_) => break,
                 }
+                let n = match reader.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
                 let mut b = shared.lock().unwrap_or_else(|p| p.into_inner());
                 if keep_tail {
                     b.extend_from_slice(&chunk[..n]);
@@ -307,5 +328,39 @@ fn capture<R: Read + Send + 'static>(reader: Option<R>, max: usize, keep_tail: b
         }
         let _ = tx.send(());
     });
-    Capture { buf, done }
+    Capture { buf, done, stop }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process the program left behind holds its output pipe: the output
+    /// is taken after the grace period and the pipe closed on it, so that
+    /// its next write fails (no reader thread of ours reads on for ever).
+    #[test]
+    fn a_pipe_held_by_a_leftover_process_is_closed_after_the_grace() {
+        let marker = std::env::temp_dir().join(format!("pnh-late-{}", std::process::id()));
+        let script = format!(
+            "(sleep 4; echo late; touch '{}') & echo early",
+            marker.display()
+        );
+        let started = Instant::now();
+        let out = run(
+            Path::new("/bin/sh"),
+            &["-c", &script],
+            Limits::quick(Duration::from_secs(30)),
+        )
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "waited for the leftover"
+        );
+        assert_eq!(out.stdout_text().trim(), "early");
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(
+            !marker.exists(),
+            "the leftover could still write to our pipe"
+        );
+    }
 }

@@ -1,25 +1,28 @@
 //! `pve-nvidia-hook install <vmid> [--force]`, and the install the hook runs
 //! (in the foreground or detached) and `sync` starts: lock, re-check,
 //! pipeline, record; then the container's workloads that still map the old
-//! driver, and the report.
+//! driver. The detached one (never the hook itself) tells the admin how it
+//! went.
 
+use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::cli::InstallArgs;
 use crate::container::{detect, LxcAttach};
 use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
-use crate::logging;
+use crate::error::{is_refused, Refused};
+use crate::notify::{self, Event, Severity};
 pub use crate::pipeline::Origin;
-use crate::pipeline::{self, Budget, Job};
+use crate::pipeline::{self, Budget, Job, Stage};
 use crate::published::{self, Seen};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 use crate::workloads::{self, AfterInstall};
-use crate::{cluster, decision::State};
+use crate::{cluster, decision::State, detach, logging};
 
 /// What an install did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +34,24 @@ pub enum Done {
         host: DriverVersion,
         /// What the container had before.
         from: Option<DriverVersion>,
+        /// What followed: the processes that still mapped the old driver,
+        /// and what was restarted (None until that was looked at).
+        after: Option<Box<AfterInstall>>,
     },
+}
+
+/// The context of an install's error: the versions it was between, for
+/// the admin's notification ("installing NVIDIA driver 550.54.14: …").
+#[derive(Debug, Clone)]
+pub struct Installing {
+    pub host: DriverVersion,
+    pub container: Option<DriverVersion>,
+}
+
+impl fmt::Display for Installing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "installing NVIDIA driver {}", self.host)
+    }
 }
 
 /// The result, for `status --cluster` on the other nodes.
@@ -67,8 +87,65 @@ pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
     } else {
         Origin::Terminal
     };
-    install_for_host(&ctx, &target, args.force, origin)?;
+    let outcome = install_for_host(&ctx, &target, args.force, origin);
+    if args.from_hook {
+        tell_the_admin(&ctx, args.vmid, &outcome);
+    }
+    outcome?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The notification for an install that ran in the background (the hook's,
+/// and `sync`'s): an error when it failed, a warning when the container
+/// cannot be brought to the host's version as it is, and, with `notify:
+/// all`, an info when it installed. Nothing for an install that had nothing
+/// to do. The processes that still map the old driver are in its detail.
+pub fn tell_the_admin(ctx: &Ctx, vmid: Vmid, outcome: &Result<Done>) {
+    let paths = &ctx.config().paths;
+    if let Some(event) = event(vmid, outcome, Some(detach::log_file(paths, vmid))) {
+        notify::notify(ctx.config().notify, paths, &ctx.locks, &event);
+    }
+}
+
+fn event(
+    vmid: Vmid,
+    outcome: &Result<Done>,
+    log_file: Option<std::path::PathBuf>,
+) -> Option<Event> {
+    match outcome {
+        Ok(Done::Installed { host, from, after }) => Some(Event {
+            vmid,
+            severity: Severity::Info,
+            host_version: Some(host.clone()),
+            container_version: from.clone(),
+            stage: None,
+            detail: format!(
+                "NVIDIA driver {host} installed and verified{}",
+                after
+                    .as_deref()
+                    .map(AfterInstall::summary)
+                    .unwrap_or_default()
+            ),
+            log_file,
+        }),
+        Ok(Done::UpToDate | Done::AlreadyInstalling) => None,
+        Err(e) => {
+            let at = e.downcast_ref::<Installing>();
+            Some(Event {
+                vmid,
+                severity: if is_refused(e) {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                },
+                host_version: at.map(|a| a.host.clone()),
+                container_version: at.and_then(|a| a.container.clone()),
+                stage: e.downcast_ref::<Stage>().map(|s| s.0),
+                detail: format!("{e:#}"),
+                log_file,
+            })
+        }
+    }
 }
 
 /// The install for the version of the host's loaded module.
@@ -82,7 +159,7 @@ pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool, origin: Origin)
 /// The install, then, once it has let the container go (its lock, the
 /// watch on its init: a `pct reboot` runs the container's stop phases,
 /// which end any install in progress), what follows a driver replaced
-/// under running workloads, and the report.
+/// under running workloads, and the summary line.
 pub fn install(
     ctx: &Ctx,
     target: &Target,
@@ -90,37 +167,25 @@ pub fn install(
     force: bool,
     origin: Origin,
 ) -> Result<Done> {
-    let outcome = install_locked(ctx, target, host, force, origin.foreground());
-    let after = match &outcome {
-        Ok(Done::Installed { host, .. }) => {
-            Some(workloads::after_install(ctx, target, host, origin))
+    match install_locked(ctx, target, host, force, origin.foreground())? {
+        Done::Installed { host, from, .. } => {
+            let after = workloads::after_install(ctx, target, &host, origin);
+            let replacing = from
+                .as_ref()
+                .map(|v| format!(" (replacing {v})"))
+                .unwrap_or_default();
+            log::info!(
+                "result: NVIDIA driver {host} installed{replacing}{}",
+                after.summary()
+            );
+            Ok(Done::Installed {
+                host,
+                from,
+                after: Some(Box::new(after)),
+            })
         }
-        _ => None,
-    };
-    report_outcome(target.vmid, &outcome, after.as_ref());
-    outcome
-}
-
-/// The one place an install's outcome is told, once everything it did is
-/// known: the log's summary line. The admin's notification (issue 17.3)
-/// belongs here too, for a background install, with `after`: the processes
-/// that still map the old driver, and what was restarted.
-fn report_outcome(vmid: Vmid, outcome: &Result<Done>, after: Option<&AfterInstall>) {
-    let Ok(Done::Installed { host, from }) = outcome else {
-        return;
-    };
-    let from = from
-        .as_ref()
-        .map(|v| format!(" (replacing {v})"))
-        .unwrap_or_default();
-    let workloads = after.map(AfterInstall::summary).unwrap_or_default();
-    log::info!(
-        "{}",
-        logging::scoped(
-            vmid,
-            &format!("result: NVIDIA driver {host} installed{from}{workloads}")
-        )
-    );
+        other => Ok(other),
+    }
 }
 
 /// `foreground`: someone waits (a terminal, or a start with `background:
@@ -140,25 +205,36 @@ fn install_locked(
         return Ok(Done::AlreadyInstalling);
     };
     // Decided again under the lock: another install may just have finished.
-    let root = ctx
-        .open_container(vmid)?
-        .ok_or_else(|| anyhow!("container is not running"))?;
+    let root = match ctx.open_container(vmid) {
+        Ok(Some(root)) => root,
+        Ok(None) => bail!("container is not running"),
+        Err(e) => {
+            return Err(e.context(Refused(
+                "cannot read the container's files, so nothing is installed".into(),
+            )))
+        }
+    };
     // Nothing of this install outlives the container it is for.
     let _watching = crate::cancel::watch(root.init().pidfd())
-        .with_context(|| format!("CT {vmid}: watching its init"))?;
+        .map_err(|e| anyhow!("CT {vmid}: watching its init: {e}"))?;
     let installed = detect::detect_in(&root);
+    let attempt = Installing {
+        host: host.clone(),
+        container: installed.version().cloned(),
+    };
     match decision::decide(host, &installed, force) {
         Action::Install(reason) => log::info!("installing NVIDIA driver {host}: {reason}"),
         Action::UpToDate => {
             log::info!("NVIDIA driver {host} up to date");
             return Ok(Done::UpToDate);
         }
-        Action::Skip(why) => bail!("not installing: {why}"),
+        Action::Skip(why) => return Err(anyhow!(Refused(why)).context(attempt)),
     }
     let exec = LxcAttach::new(vmid)?;
     let log_progress = |m: &str| log::info!("{m}");
     let fetcher = ctx.fetcher(settings, &log_progress);
     let job = Job {
+        vmid,
         settings,
         host,
         installed: &installed,
@@ -180,10 +256,12 @@ fn install_locked(
         log::warn!("could not record the result: {e:#}");
     }
     publish(ctx, vmid, host, &outcome);
-    outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
+    let from = attempt.container.clone();
+    outcome.map_err(|e| e.context(attempt))?;
     log::info!("NVIDIA driver {host} installed and verified");
     Ok(Done::Installed {
         host: host.clone(),
-        from: installed.version().cloned(),
+        from,
+        after: None,
     })
 }

@@ -97,7 +97,7 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
                 rows.push(r)
             }
             Ok(None) => {
-                eprintln!("pve-nvidia-hook: CT {vmid}: no such container");
+                eprintln!("pve-nvidia-hook: {}", ctx.not_here(vmid));
                 failed = true;
             }
             Err(e) => {
@@ -110,19 +110,42 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<ExitCode> {
         }
     }
     publish(&ctx, &this, host.as_ref(), &rows);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", table(&rows, args.cluster));
-        if let Some(note) = next_boot.and_then(|n| boot_note(host.as_ref(), &n)) {
-            println!("{note}");
+    match super::json(args.output.format(), &rows)? {
+        Some(json) => println!("{json}"),
+        None => {
+            print!("{}", table(&rows, args.cluster));
+            if let Some(note) = next_boot.and_then(|n| boot_note(host.as_ref(), &n)) {
+                println!("{note}");
+            }
         }
+    }
+    let alarms: Vec<String> = rows.iter().filter_map(alarm).collect();
+    if args.check && !alarms.is_empty() {
+        eprintln!("pve-nvidia-hook: check: {}", alarms.join("; "));
+        failed = true;
     }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `status --check`: what a monitor must hear of a container that requests
+/// NVIDIA: a state that needs a look, or the hook not registered (it will
+/// never install anything).
+fn alarm(row: &Row) -> Option<String> {
+    if !row.requested {
+        return None;
+    }
+    let mut why = Vec::new();
+    if let Some(s @ (State::Failed | State::Mismatch | State::Unknown)) = row.state {
+        why.push(s.as_str());
+    }
+    if !row.hookscript.as_deref().is_some_and(is_ours) {
+        why.push("not registered");
+    }
+    (!why.is_empty()).then(|| format!("CT {} {}", row.vmid, why.join(", ")))
 }
 
 /// What this node read of its running GPU containers, for the others.
@@ -360,5 +383,60 @@ mod tests {
             .unwrap()
             .contains("has no NVIDIA module"));
         assert_eq!(boot_note(None, &NextBoot::NoKernel), None);
+    }
+
+    #[test]
+    fn check_alarms_on_what_a_monitor_must_hear() {
+        let row = |requested, state, hook: Option<&str>| Row {
+            vmid: "101".parse().unwrap(),
+            node: "pve1".into(),
+            requested,
+            reason: None,
+            running: Some(true),
+            host_version: None,
+            host_version_next_boot: None,
+            container_version: None,
+            state,
+            hookscript: hook.map(str::to_owned),
+            detail: None,
+            reported_unix: None,
+        };
+        let ours = Some("local:snippets/pve-nvidia-hook");
+        for (state, alarmed) in [
+            (State::Failed, true),
+            (State::Mismatch, true),
+            (State::Unknown, true),
+            (State::UpToDate, false),
+            (State::Missing, false),
+            (State::Installing, false),
+            (State::Stopped, false),
+            (State::Packaged, false),
+            (State::HostProvided, false),
+        ] {
+            assert_eq!(
+                alarm(&row(true, Some(state), ours)).is_some(),
+                alarmed,
+                "{state:?}"
+            );
+        }
+        assert_eq!(
+            alarm(&row(true, Some(State::Failed), None)).as_deref(),
+            Some("CT 101 failed, not registered")
+        );
+        assert_eq!(
+            alarm(&row(
+                true,
+                Some(State::UpToDate),
+                Some("local:snippets/other")
+            ))
+            .as_deref(),
+            Some("CT 101 not registered")
+        );
+        assert_eq!(
+            alarm(&row(true, None, ours)),
+            None,
+            "another node's, not reported"
+        );
+        assert_eq!(alarm(&row(false, Some(State::Failed), None)), None);
     }
 }

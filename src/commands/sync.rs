@@ -5,6 +5,10 @@
 //! container rebooted from inside (no hook phase runs), a host driver
 //! reloaded live, an install that failed while the mirror was down.
 //!
+//! On every node, GPU or not, it first places our snippet under each
+//! chained hookscript's name (see `chain`): `enable --chain` on one node
+//! waits for the others' `sync`.
+//!
 //! `pve-nvidia-hook-sync.timer` runs it after the guests' start at boot and
 //! every 30 minutes, with `--backoff`: a container whose install failed for
 //! the host's version waits (see [`decision::retry`]) instead of failing
@@ -15,6 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use crate::chain::Chains;
 use crate::cli::SyncArgs;
 use crate::container::detect;
 use crate::context::{Ctx, Lookup};
@@ -46,12 +51,22 @@ enum Synced {
 
 pub fn run(config: Option<&Path>, args: &SyncArgs) -> Result<ExitCode> {
     let ctx = Ctx::load(config)?;
+    // Every node, GPU or not, holds our snippet under each chain's name: a
+    // chained container may start on any of them (see `chain`).
+    let paths = &ctx.config().paths;
+    let mut failed = false;
+    match Chains::new(&paths.pve).place_here(&paths.pve, &paths.storage_root) {
+        Ok(changes) => changes.iter().for_each(|c| log::info!("{c}")),
+        Err(e) => {
+            log::error!("this node's chain snippets: {e:#}");
+            failed = true;
+        }
+    }
     let Some(host) = ctx.host_version()? else {
         log::warn!("no NVIDIA kernel module loaded on the host; no container to bring to it");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit(failed));
     };
     let now = unix_now();
-    let mut failed = false;
     for vmid in ctx.all_containers()? {
         match check(&ctx, vmid, &host, args.backoff, now) {
             Ok(None) => {}
@@ -64,11 +79,15 @@ pub fn run(config: Option<&Path>, args: &SyncArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    Ok(exit(failed))
+}
+
+fn exit(failed: bool) -> ExitCode {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// What `sync` did for the container; None when it does not request NVIDIA.

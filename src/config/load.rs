@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Config, DigestSpec, Layer, Loaded, DEFAULT_CONFIG_PATH, NO_OPENGL_FILES};
+use super::{Config, DigestSpec, Layer, Loaded, Paths, DEFAULT_CONFIG_PATH, NO_OPENGL_FILES};
 use crate::error::usage;
 use crate::fsutil;
 use crate::version::DriverVersion;
@@ -39,6 +39,19 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
         config,
         file: Some(path),
     })
+}
+
+/// Where things are, from a configuration that does not load as a whole (a
+/// key unknown, a value bad): its `paths` when the file is trusted and they
+/// parse, else the defaults. For the hook's chained hookscript alone, which
+/// must run whatever became of the rest of this tool's configuration.
+pub fn paths_anyway(explicit: Option<&Path>) -> Paths {
+    let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), Path::to_path_buf);
+    read_trusted(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|value| serde_json::from_value(value.get("paths")?.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// A configuration file is small; more is not one.
@@ -195,6 +208,10 @@ mod tests {
             (
                 r#"{"max_concurrent_installs": 0}"#,
                 "max_concurrent_installs",
+            ),
+            (
+                r#"{"notify": "loud"}"#,
+                "unknown variant `loud`, expected one of `errors`, `all`, `off`",
             ),
         ];
         for (text, expected) in cases {

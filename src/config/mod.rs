@@ -17,7 +17,7 @@ use crate::vmid::Vmid;
 mod load;
 mod phoenix;
 
-pub use load::{load, parse};
+pub use load::{load, parse, paths_anyway};
 pub use phoenix::{read_phoenix, PhoenixEntry};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pve-nvidia-hook/config.json";
@@ -80,6 +80,20 @@ pub enum RestartAfterInstall {
     /// The whole container (`pct reboot`), from the background install
     /// once the start task has let the container's config lock go.
     Container,
+}
+
+/// Which outcomes of a background install the admin is told of through
+/// Proxmox's notifications (`notify`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyMode {
+    /// A failed install (`error`), and a container that cannot be brought
+    /// to the host's version (`warning`).
+    #[default]
+    Errors,
+    /// Those, and every install that succeeded (`info`).
+    All,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -345,6 +359,8 @@ pub struct Config {
     /// The numeric settings resolved and checked at load.
     #[serde(skip)]
     pub limits: Limits,
+    /// What the admin is told of through Proxmox's notifications.
+    pub notify: NotifyMode,
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
@@ -498,6 +514,15 @@ mod tests {
         assert_eq!(s.all_dependencies(), DEFAULT_DEPENDENCIES);
         assert_eq!(s.limits.max_concurrent_installs, 2);
         assert_eq!(s.limits.read_timeout, Duration::from_secs(5));
+        assert_eq!(c.notify, NotifyMode::Errors);
+        assert_eq!(
+            parse(r#"{"notify": "all"}"#).unwrap().notify,
+            NotifyMode::All
+        );
+        assert_eq!(
+            parse(r#"{"notify": "off"}"#).unwrap().notify,
+            NotifyMode::Off
+        );
         let v: DriverVersion = "550.54.14".parse().unwrap();
         assert_eq!(
             s.runfile_urls(&v)[0],

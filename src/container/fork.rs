@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
 pub enum ChildError {
-    /// No whole answer within the deadline: the child was sent SIGKILL and
-    /// left behind (never waited for).
-    TimedOut(Duration),
+    /// No whole answer within the deadline: the child (this pid) was sent
+    /// SIGKILL and left behind (never waited for).
+    TimedOut { after: Duration, pid: u32 },
     /// It ended without a whole answer (a signal, a panic, an exit status).
     Died(String),
     /// Its answer was larger than allowed or did not parse.
@@ -42,10 +42,10 @@ pub enum ChildError {
 impl std::fmt::Display for ChildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChildError::TimedOut(d) => write!(
+            ChildError::TimedOut { after, pid } => write!(
                 f,
-                "no answer within {:.1}s; the reader was abandoned",
-                d.as_secs_f64()
+                "no answer within {:.1}s; the reader (pid {pid}) was abandoned",
+                after.as_secs_f64()
             ),
             ChildError::Died(why) => write!(f, "the reader {why}"),
             ChildError::Garbled(why) => write!(f, "the reader's answer {why}"),
@@ -207,14 +207,17 @@ fn parent_side<T: DeserializeOwned>(
         Ok(()) => {}
         Err(e) => {
             abandon(pidfd);
-            return Err(e.into_child_error(deadline, max_answer));
+            return Err(e.into_child_error(deadline, pid, max_answer));
         }
     }
     // The answer is whole; the child is on its way out. Reap it, unless
     // even its exit takes longer than the deadline.
     if !wait_readable(pidfd.as_fd(), until) {
         abandon(pidfd);
-        return Err(ChildError::TimedOut(deadline));
+        return Err(ChildError::TimedOut {
+            after: deadline,
+            pid: pid.as_raw_nonzero().get() as u32,
+        });
     }
     let status = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
         .map_err(fork_error)?;
@@ -243,9 +246,12 @@ enum ReadFailure {
 }
 
 impl ReadFailure {
-    fn into_child_error(self, deadline: Duration, max: usize) -> ChildError {
+    fn into_child_error(self, deadline: Duration, pid: Pid, max: usize) -> ChildError {
         match self {
-            ReadFailure::Deadline => ChildError::TimedOut(deadline),
+            ReadFailure::Deadline => ChildError::TimedOut {
+                after: deadline,
+                pid: pid.as_raw_nonzero().get() as u32,
+            },
             ReadFailure::TooLarge => ChildError::Garbled(format!("is larger than {max} bytes")),
             ReadFailure::Io(e) => ChildError::Fork(e),
         }
@@ -324,7 +330,7 @@ mod tests {
             std::thread::sleep(30 * SECOND)
         })
         .unwrap_err();
-        assert!(matches!(err, ChildError::TimedOut(_)), "{err}");
+        assert!(matches!(err, ChildError::TimedOut { .. }), "{err}");
         assert!(started.elapsed() < 10 * SECOND, "returned in time");
     }
 

@@ -15,6 +15,7 @@ pub mod dpkg;
 pub mod elf;
 pub(crate) mod fork;
 pub mod inspect;
+pub mod ldcache;
 pub mod mounts;
 pub mod probe;
 pub mod record;

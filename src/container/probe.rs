@@ -15,6 +15,7 @@
 
 use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -40,6 +41,45 @@ pub struct Probe {
     /// reader, and every later read fails at once instead of piling up
     /// children.
     stuck: Cell<bool>,
+    /// Where a reader left behind is remembered for later runs of the
+    /// tool (each start, each `status`), which then do not leave one more.
+    marker: Option<PathBuf>,
+}
+
+/// A reader left behind: its pid, its start time (so that a reused pid is
+/// not taken for it) and the container's init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeftBehind {
+    pid: u32,
+    started: u64,
+    init: u32,
+}
+
+impl LeftBehind {
+    fn parse(text: &str) -> Option<LeftBehind> {
+        let mut words = text.split_whitespace();
+        Some(LeftBehind {
+            pid: words.next()?.parse().ok()?,
+            started: words.next()?.parse().ok()?,
+            init: words.next()?.parse().ok()?,
+        })
+    }
+
+    /// The process is still there and has not ended (a zombie has): the
+    /// same pid, started at the same time.
+    fn is_alive(&self) -> bool {
+        matches!(process_state(self.pid), Some((state, started))
+            if started == self.started && state != 'Z' && state != 'X')
+    }
+}
+
+/// A process's state and start time (`/proc/<pid>/stat`, fields 3 and 22).
+fn process_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 impl Probe {
@@ -51,7 +91,24 @@ impl Probe {
             proc_dir,
             deadline,
             stuck: Cell::new(false),
+            marker: None,
         }
+    }
+
+    /// Remembers a reader left behind in `marker` (a file in a root-only
+    /// folder), and starts stuck when an earlier run left one for this
+    /// container's init that is still held.
+    pub fn remembering(mut self, marker: PathBuf) -> Probe {
+        let text = std::fs::read_to_string(&marker).unwrap_or_default();
+        match LeftBehind::parse(&text) {
+            Some(left) if left.init == self.init.pid && left.is_alive() => self.stuck.set(true),
+            Some(_) => {
+                let _ = std::fs::remove_file(&marker);
+            }
+            None => {}
+        }
+        self.marker = Some(marker);
+        self
     }
 
     /// `work` on the container's files, in a child, within the read
@@ -73,7 +130,7 @@ impl Probe {
     {
         if self.stuck.get() {
             return Err(ReadError::TimedOut(
-                "an earlier read of this container did not answer".into(),
+                "an earlier read of this container's files is still held by it".into(),
             ));
         }
         if !self.init.alive() {
@@ -85,14 +142,30 @@ impl Probe {
         });
         match answer {
             Ok(result) => result,
-            Err(ChildError::TimedOut(d)) => {
+            Err(ChildError::TimedOut { after, pid }) => {
                 self.stuck.set(true);
+                self.remember(pid);
                 Err(ReadError::TimedOut(format!(
                     "reading the container's files took longer than {:.1}s; the reader was abandoned",
-                    d.as_secs_f64()
+                    after.as_secs_f64()
                 )))
             }
             Err(e) => Err(ReadError::Reader(e.to_string())),
+        }
+    }
+
+    fn remember(&self, pid: u32) {
+        let (Some(marker), Some((_, started))) = (&self.marker, process_state(pid)) else {
+            return;
+        };
+        let text = format!("{pid} {started} {}\n", self.init.pid);
+        let written = match marker.parent() {
+            Some(dir) => crate::fsutil::ensure_private_dir(dir),
+            None => Ok(()),
+        }
+        .and_then(|()| crate::fsutil::write_atomic(marker, text.as_bytes(), 0o600));
+        if let Err(e) = written {
+            log::debug!("{}: {e:#}", marker.display());
         }
     }
 
@@ -160,5 +233,42 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(100), "at once");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// A later run (each start, each `status`) that finds the reader an
+    /// earlier one left behind still held leaves no second one; once that
+    /// reader is gone, reads go on.
+    #[test]
+    fn a_reader_left_behind_is_remembered_by_later_runs() {
+        let marker = std::env::temp_dir().join(format!("pnh-stuck-{}", std::process::id()));
+        // (That a reader held in the kernel is written down is shown on a
+        // real container: e2e_a_lookup_the_tenant_holds_in_the_kernel_holds_no_hook.
+        // Here the reader left behind is a process that does not end.)
+        let (mut init, probe) = probe_of_a_sleeper(Duration::from_millis(300));
+        let mut held = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let (_, started) = process_state(held.id()).unwrap();
+        std::fs::write(&marker, format!("{} {started} {}\n", held.id(), init.id())).unwrap();
+        let again = |deadline| {
+            let init_again = Init::hold(init.id()).unwrap();
+            Probe::new(init_again, probe.proc_dir.try_clone().unwrap(), deadline)
+                .remembering(marker.clone())
+        };
+        let next = again(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            next.read(|c| c.kind("/etc")),
+            Err(ReadError::TimedOut(_))
+        ));
+        assert!(started.elapsed() < Duration::from_millis(100), "at once");
+        held.kill().unwrap();
+        held.wait().unwrap();
+        let later = again(Duration::from_secs(5));
+        assert_eq!(later.read(|c| c.kind("/etc")), Ok(Kind::Dir));
+        assert!(!marker.exists());
+        init.kill().unwrap();
+        init.wait().unwrap();
     }
 }

@@ -27,11 +27,13 @@ use crate::process::Output;
 use crate::runfile::{Fetcher, Runfile, Source};
 use crate::state::Locks;
 use crate::version::{self, DriverVersion};
+use crate::vmid::Vmid;
 
 pub use cleanup::is_conflicting_package;
 pub use verify::{verify, verify_driver, verify_nvcc, Verified};
 
 pub struct Job<'a> {
+    pub vmid: Vmid,
     pub settings: &'a Settings,
     pub host: &'a DriverVersion,
     /// What the decision to install was taken on.
@@ -134,7 +136,18 @@ pub fn run(job: &Job) -> Result<()> {
     })
 }
 
-fn stage<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+/// The stage an install failed in: the context of its error ("stage
+/// driver: …"), found again by the admin's notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage(pub &'static str);
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stage {}", self.0)
+    }
+}
+
+fn stage<T>(name: &'static str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     log::info!("stage {name}: start");
     let started = Instant::now();
     let result = work();
@@ -144,7 +157,7 @@ fn stage<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
         // The error itself is reported once, with its whole chain, by the caller.
         Err(_) => log::warn!("stage {name}: failed after {secs:.1}s"),
     }
-    result.with_context(|| format!("stage {name}"))
+    result.context(Stage(name))
 }
 
 /// The verified runfile of driver `version` (the host's module's, for an

@@ -67,9 +67,13 @@ pub fn push_and_run(job: &Job, runfile: &Runfile, installer: &Installer) -> Resu
         } else {
             Duration::MAX
         };
-        let _slot = job.locks.install_slot(slots, job.budget.limit(wait)?, || {
-            log::info!("waiting for an install slot ({slots} in use)")
-        })?;
+        let _slot = job.locks.install_slot(
+            job.vmid,
+            slots,
+            job.budget.limit(wait)?,
+            job.settings.limits.slot_hold,
+            || log::info!("waiting for an install slot ({slots} in use)"),
+        )?;
         stream_into(job, runfile, &dir)
             .and_then(|target| run_installer(job, runfile, installer, &dir, &target))
     });

@@ -5,7 +5,9 @@
 # nodes (files bound into the container with a real lxc.mount.entry) and the
 # NVIDIA runfile (a makeself archive that behaves like the real one).
 #
-#   sandbox.sh base                         cached Debian 12 root; prints its path
+#   sandbox.sh base [RELEASE]               cached Debian root (bookworm, Debian 12, unless
+#                                           RELEASE is trixie, Debian 13: Proxmox VE 9's);
+#                                           prints its path
 #   sandbox.sh runfile VERSION DIR [ok|fail|slow|real]  builds DIR/NVIDIA-Linux-x86_64-VERSION.run
 #                                           (real: NVIDIA's own nvidia-smi, libnvidia-ml and
 #                                           libcuda from Debian's packages, 535.261.03 only)
@@ -28,12 +30,25 @@
 #                                           on an ext4 volume of its own, mounted at
 #                                           <lxcpath>/VMID/rootfs as Proxmox's pre-start
 #                                           hook mounts a volume; `sandbox.sh umount VMID`
-#                                           unmounts it as its post-stop hook does)
+#                                           unmounts it as its post-stop hook does),
+#                                           release=trixie (a Debian 13 root instead of
+#                                           Debian 12's), realnodes (the
+#                                           test's own nodes in WORK/devnodes bound instead
+#                                           of the stand-in files), idmap (unprivileged by
+#                                           lxc.idmap lines alone, no `unprivileged: 1`),
+#                                           raw=FILE (its `lxc.key = value` lines added to
+#                                           both configs, in Proxmox's as `lxc.key: value`)
 #   sandbox.sh down VMID                    stops and destroys it
 #   sandbox.sh restart VMID                 stops and starts it again as a reboot from
 #                                           inside does: no Proxmox hook phase runs
 #   sandbox.sh umount VMID                  unmounts a stopped container's volume (fails
 #                                           while anything still holds it)
+#   sandbox.sh subids [PREFIX]              gives root the subordinate ids Proxmox gives it
+#                                           (root:100000:65536 in PREFIX/etc/subuid and subgid)
+#                                           where root has none; `up ... unprivileged` does
+#   sandbox.sh proxmox-stand-ins DIR        builds DIR/*.deb: empty packages named as
+#                                           Proxmox's (pve-container, pve-manager, ...), clearly
+#                                           marked as stand-ins, for the package tests
 #   sandbox.sh cluster WORK NODE...         a simulated cluster: WORK/cluster is the shared
 #                                           /etc/pve, WORK/node-NODE each node (its view of
 #                                           /etc/pve, its own /var/lib/vz under root/, its bin)
@@ -48,24 +63,31 @@ lxcpath=$(lxc-config lxc.lxcpath 2>/dev/null || echo /var/lib/lxc)
 mirror=${PNH_E2E_MIRROR:-http://deb.debian.org/debian}
 
 base() {
+    local release=${1:-bookworm} root lock
+    case "$release" in
+        # Debian 12's root keeps its first names, so that existing caches serve.
+        bookworm) root=$cache/rootfs lock=$cache/.base.lock ;;
+        trixie) root=$cache/rootfs-$release lock=$cache/.base-$release.lock ;;
+        *) echo "sandbox: no root for release '$release' (bookworm or trixie)" >&2; exit 2 ;;
+    esac
     mkdir -p "$cache"
-    exec 9>"$cache/.base.lock"
+    exec 9>"$lock"
     flock 9
-    if [ ! -x "$cache/rootfs/bin/sh" ]; then
-        rm -rf "$cache/rootfs.tmp"
-        echo "sandbox: debootstrap --variant=minbase bookworm (once, cached in $cache)" >&2
-        debootstrap --variant=minbase bookworm "$cache/rootfs.tmp" "$mirror" >&2
-        rm -rf "$cache/rootfs"
-        mv "$cache/rootfs.tmp" "$cache/rootfs"
+    if [ ! -x "$root/bin/sh" ]; then
+        rm -rf "$root.tmp"
+        echo "sandbox: debootstrap --variant=minbase $release (once, cached in $cache)" >&2
+        debootstrap --variant=minbase "$release" "$root.tmp" "$mirror" >&2
+        rm -rf "$root"
+        mv "$root.tmp" "$root"
     fi
-    if [ ! -e "$cache/rootfs/.apt-updated" ]; then
+    if [ ! -e "$root/.apt-updated" ]; then
         # The package lists, fetched once: each container's apt-get update
         # is then a quick revalidation.
-        cp /etc/resolv.conf "$cache/rootfs/etc/resolv.conf"
-        chroot "$cache/rootfs" apt-get update -qq >&2
-        touch "$cache/rootfs/.apt-updated"
+        cp /etc/resolv.conf "$root/etc/resolv.conf"
+        chroot "$root" apt-get update -qq >&2
+        touch "$root/.apt-updated"
     fi
-    echo "$cache/rootfs"
+    echo "$root"
 }
 
 # Debian's makeself header is used for the CUDA stand-in (CUDA's runfiles
@@ -220,6 +242,7 @@ host_version() {
 up() {
     local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
     local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660 volume=no
+    local release=bookworm nodedir="$work/dev" idmap=no raw=
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
@@ -231,6 +254,10 @@ up() {
             dev) dev=yes ;;
             dev=*) dev=yes; dev_mode=${opt#dev=} ;;
             volume) volume=yes ;;
+            release=*) release=${opt#release=} ;;
+            realnodes) nodedir="$work/devnodes" ;;
+            idmap) unprivileged=yes; idmap=yes ;;
+            raw=*) raw=${opt#raw=} ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
@@ -241,13 +268,14 @@ up() {
         "$work/hostdriver/libnvidia-ml.so.$version $lib/libnvidia-ml.so.$version none bind,ro,create=file"
         "$work/hostdriver/libcuda.so.$version $lib/libcuda.so.$version none bind,ro,create=file"
     )
-    root=$(base)
+    root=$(base "$release")
     down "$vmid" 2>/dev/null || true
     dir="$lxcpath/$vmid"
     mkdir -p "$dir" "$work/pve/lxc"
     cp -a "$root" "$dir/rootfs"
     local offset=0
     if [ "$unprivileged" = yes ]; then
+        subids
         offset=100000
         shift_ids "$dir/rootfs" "$offset"
     fi
@@ -279,7 +307,12 @@ up() {
         echo "rootfs: $rootfs_path"
         [ -n "$tags" ] && echo "tags: $tags"
         [ "$fuse" = yes ] && echo "features: fuse=1"
-        [ "$unprivileged" = yes ] && echo "unprivileged: 1"
+        if [ "$idmap" = yes ]; then
+            echo "lxc.idmap: u 0 100000 65536"
+            echo "lxc.idmap: g 0 100000 65536"
+        elif [ "$unprivileged" = yes ]; then
+            echo "unprivileged: 1"
+        fi
         if [ "$gpu" = gpu ] && [ "$dev" = yes ]; then
             i=0
             for n in $nodes; do
@@ -292,12 +325,13 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry: $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry: $m"; done
         fi
+        [ -z "$raw" ] || sed 's/ = /: /' "$raw"
     } > "$work/pve/lxc/$vmid.conf"
     {
         echo "lxc.uts.name = ct$vmid"
@@ -331,15 +365,86 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry = $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
         fi
+        [ -z "$raw" ] || cat "$raw"
     } > "$dir/config"
     lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
     lxc-wait -n "$vmid" -s RUNNING -t 30
+}
+
+# Root's subordinate ids as Proxmox gives them: lxc-pve's postinst runs
+# `usermod -v 100000-165535 -w 100000-165535 root`. Where newuidmap exists
+# (uidmap: lxc recommends it, lxc-pve depends on it), LXC maps an
+# unprivileged container's ids through newuidmap and newgidmap, which refuse
+# ids that /etc/subuid and /etc/subgid do not give root: without them no
+# unprivileged container starts. Added only where root has no entry (an
+# admin's own ranges are left alone); the files are created empty first
+# where missing, as Debian's passwd package creates them.
+subids() {
+    local prefix=${1:-} f flag args=() files=() usermod=(usermod)
+    [ -z "$prefix" ] || usermod+=(-P "$prefix")
+    for f in subuid subgid; do
+        [ "$f" = subuid ] && flag=-v || flag=-w
+        if ! grep -qE '^(root|0):' "$prefix/etc/$f" 2>/dev/null; then
+            [ -e "$prefix/etc/$f" ] || install -m 0644 /dev/null "$prefix/etc/$f"
+            args+=("$flag" 100000-165535)
+            files+=("$prefix/etc/$f")
+        elif ! awk -F: '($1 == "root" || $1 == "0") && $2 <= 100000 && $2 + $3 >= 165536 { ok = 1 } END { exit !ok }' "$prefix/etc/$f"; then
+            echo "sandbox: root's ids in $prefix/etc/$f do not include 100000-165535 (Proxmox's): the unprivileged containers, mapped from 100000, may not start" >&2
+        fi
+    done
+    [ ${#args[@]} -gt 0 ] || return 0
+    echo "sandbox: root has no subordinate ids in ${files[*]}: giving it 100000-165535 as Proxmox does (lxc-pve's postinst: usermod ${args[*]} root)" >&2
+    "${usermod[@]}" "${args[@]}" root
+}
+
+# Packages named as the Proxmox VE packages pve-nvidia-hook depends on, so
+# that its package installs in a sandbox container as on a node, with its
+# Depends met, never forced. They are stand-ins and say so: nothing of
+# Proxmox's is in them but what the package tests need: lxc-pve's relations
+# to Debian's lxc (from its debian/control), and a `pvesm` that answers
+# `pvesm path local:snippets/NAME` as pve-storage does for the installer's
+# `local` (a dir storage at /var/lib/vz).
+proxmox_stand_ins() {
+    local dir=$1 stage p
+    mkdir -p "$dir"
+    stage=$(mktemp -d)
+    for p in pve-container pve-manager pve-cluster libpve-storage-perl lxc-pve; do
+        mkdir -p "$stage/$p/DEBIAN"
+        {
+            echo "Package: $p"
+            echo "Version: 0~stand-in"
+            echo "Architecture: all"
+            echo "Maintainer: pve-nvidia-hook tests <pve-nvidia-hook@example.org>"
+            if [ "$p" = lxc-pve ]; then
+                echo "Provides: liblxc1, lxc"
+                echo "Conflicts: liblxc1, lxc"
+                echo "Replaces: liblxc1, lxc"
+            fi
+            echo "Description: STAND-IN for Proxmox VE's $p, not Proxmox's package"
+            echo " Built by pve-nvidia-hook's tests/e2e/sandbox.sh so that its package"
+            echo " installs in a test container with its Depends met. Never on a node."
+        } > "$stage/$p/DEBIAN/control"
+    done
+    mkdir -p "$stage/libpve-storage-perl/usr/sbin"
+    cat > "$stage/libpve-storage-perl/usr/sbin/pvesm" <<'SH'
+#!/bin/sh
+# Stand-in for pve-storage's pvesm: `path` of a snippet in `local` only.
+case "$1 $2" in
+    "path local:snippets/"*) echo "/var/lib/vz/snippets/${2#local:snippets/}" ;;
+    *) echo "pvesm stand-in: only 'path local:snippets/NAME'" >&2; exit 255 ;;
+esac
+SH
+    chmod 755 "$stage/libpve-storage-perl/usr/sbin/pvesm"
+    for p in "$stage"/*; do
+        dpkg-deb --root-owner-group -Zgzip --build "$p" "$dir/$(basename "$p")_0~stand-in_all.deb" >/dev/null
+    done
+    rm -rf "$stage"
 }
 
 # Every file's owner moved up by OFFSET, as an unprivileged container's
@@ -387,7 +492,8 @@ cluster() {
         mkdir -p "$work/cluster/pve-nvidia-hook"
         ln -sfn ../../cluster/pve-nvidia-hook "$v/pve/pve-nvidia-hook"
         echo "$v/root" > "$v/storage_root"
-        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$v/bin/"
+        echo "$v/devnodes" > "$v/host_dev"
+        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$top/tests/fakes/pve_storage.py" "$v/bin/"
         printf '#!/bin/sh\necho "$*" >> "%s"\nexec "%s" "$@"\n' "$v/attach.log" "$(command -v lxc-attach)" > "$v/bin/lxc-attach"
         chmod 755 "$v/bin/lxc-attach"
         : > "$v/attach.log"
@@ -423,7 +529,7 @@ down() {
 cmd=${1:-}
 shift || true
 case "$cmd" in
-    base) base ;;
+    base) base "$@" ;;
     runfile) runfile "$@" ;;
     debs) debs ;;
     fuse-blackhole) fuse_blackhole ;;
@@ -436,5 +542,7 @@ case "$cmd" in
     down) down "$@" ;;
     restart) restart "$@" ;;
     umount) umount "$lxcpath/$1/rootfs" ;;
-    *) sed -n '2,41p' "$0" >&2; exit 2 ;;
+    subids) subids "$@" ;;
+    proxmox-stand-ins) proxmox_stand_ins "$@" ;;
+    *) sed -n '2,/^set -euo pipefail$/{/^#/p}' "$0" >&2; exit 2 ;;
 esac

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use serde_json::{json, Value};
 
 use crate::sandbox::{chmod, sh, Sandbox, V1, V2};
-use crate::support::{self, expect_exit, text, write, FileServer, TempDir};
+use crate::support::{self, expect_exit, mknod, text, write, FileServer, TempDir};
 
 /// Two nodes, `a` (driver V1) and `b` (driver V2), sharing /etc/pve and a
 /// runfile cache; each node runs the tool with its own configuration.
@@ -274,15 +274,8 @@ fn e2e_device_access_in_unprivileged_containers_as_proxmox_makes_it() {
     let mut sb = Sandbox::new("unpriv");
     // The host's "nodes", as doctor compares them.
     let devnodes = sb.dir().join("devnodes");
-    std::fs::create_dir_all(&devnodes).unwrap();
-    for (name, minor) in [("nvidia0", "0"), ("nvidiactl", "255")] {
-        let made = Command::new("mknod")
-            .args(["-m", "0660"])
-            .arg(devnodes.join(name))
-            .args(["c", "195", minor])
-            .status()
-            .unwrap();
-        assert!(made.success());
+    for (name, minor) in [("nvidia0", 0), ("nvidiactl", 255)] {
+        mknod(&devnodes.join(name), 0o660, 195, minor);
     }
     sb.up_with(9151, true, "nvidia", &["unprivileged", "dev"]);
     let as_nobody = |sb: &Sandbox, vmid: u32| {

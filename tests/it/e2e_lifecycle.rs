@@ -117,3 +117,45 @@ fn e2e_a_stopped_container_is_let_go() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Issue 18.5: a tenant whose `timeout` sleeps when it is handed NVIDIA's
+/// runfile (so its copy never ends), and a single install slot. The
+/// neighbour's install waits for the tenant no longer than the slot's hold
+/// (`slot_hold_secs`), while the tenant's copy goes on outside the cap.
+#[test]
+#[ignore = "needs root and LXC; `make test` as root runs it"]
+fn e2e_a_tenant_holds_an_install_slot_for_a_bounded_time() {
+    let mut sb = Sandbox::new("fair");
+    sb.set("background", json!(true));
+    sb.set("max_concurrent_installs", json!(1));
+    sb.set("slot_hold_secs", json!(10));
+    sb.up(9165, true, "nvidia");
+    sb.up(9166, true, "nvidia");
+    sb.replace_program(
+        9165,
+        "/usr/bin/timeout",
+        "#!/bin/sh\ncase \"$*\" in *NVIDIA-Linux-*) exec sleep 100000 ;; esac\n\
+         exec /usr/bin/timeout.real \"$@\"\n",
+    );
+    let tenant_log = sb.dir().join("log/9165.log");
+    let out = sb.hook(9165, "post-start");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    wait_for_log(&tenant_log, "stage driver: start", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let out = sb.hook(9166, "post-start");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    while sb.state(9166) != "up-to-date" {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the neighbour still waits after {:?}: {}",
+            started.elapsed(),
+            std::fs::read_to_string(sb.dir().join("log/9166.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(sb.state(9165), "installing", "the tenant's copy goes on");
+    let log = std::fs::read_to_string(&tenant_log).unwrap();
+    assert!(log.contains("held an install slot for 10s"), "{log}");
+}

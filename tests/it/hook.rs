@@ -225,6 +225,43 @@ fn a_container_without_apt_is_named_by_its_ostype() {
     assert_eq!(host.installer_runs(125), 0);
 }
 
+/// Issue 18.6: what the install printed is root's alone, in a folder only
+/// root may enter, also where an older package left the folder 0755.
+#[test]
+fn the_background_install_log_is_root_only() {
+    let mut host = FakeHost::new();
+    host.container(127, TAGGED);
+    host.set("background", json!(true));
+    let log_dir = host.path().join("log");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    set_mode(&log_dir, 0o755);
+    let out = host.run(&["127", "post-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    wait_up_to_date(&host, 127);
+    assert_eq!(mode(&log_dir), 0o700);
+    assert_eq!(mode(&log_dir.join("127.log")), 0o600);
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn wait_up_to_date(host: &FakeHost, vmid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.status_json(vmid)["state"] != "up-to-date" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background install never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn where_systemd_runs_the_install_gets_its_own_transient_unit() {
     let mut host = FakeHost::new();
@@ -233,11 +270,13 @@ fn where_systemd_runs_the_install_gets_its_own_transient_unit() {
     let d = host.path().to_path_buf();
     write(&d.join("proc/1/comm"), "systemd\n");
     // A systemd-run that records its arguments and starts the command detached
-    // with the environment and output the unit properties ask for, as systemd would.
+    // with the environment and output the unit properties ask for, as systemd
+    // would: it creates the output file with 0666 less the unit's UMask, 0022
+    // unless set (systemd's exec-invoke.c, setup_output: acquire_path).
     write(
         &d.join("bin/systemd-run"),
         format!(
-            "#!/bin/bash\nprintf '%s\\n' \"$@\" > '{}'\nout=$(printf '%s\\n' \"$@\" | sed -n 's/^--property=StandardOutput=append://p')\nwhile [ \"$1\" != -- ]; do case \"$1\" in --setenv=*) export \"${{1#--setenv=}}\" ;; esac; shift; done; shift\nsetsid \"$@\" >> \"$out\" 2>&1 < /dev/null &\n",
+            "#!/bin/bash\nprintf '%s\\n' \"$@\" > '{}'\nout=$(printf '%s\\n' \"$@\" | sed -n 's/^--property=StandardOutput=append://p')\numask 0022\nwhile [ \"$1\" != -- ]; do case \"$1\" in --setenv=*) export \"${{1#--setenv=}}\" ;; --property=UMask=*) umask \"${{1#--property=UMask=}}\" ;; esac; shift; done; shift\nsetsid \"$@\" >> \"$out\" 2>&1 < /dev/null &\n",
             d.join("systemd-run.args").display()
         ),
     );
@@ -261,12 +300,8 @@ fn where_systemd_runs_the_install_gets_its_own_transient_unit() {
     let command = &args[args.iter().position(|a| *a == "--").unwrap() + 1..];
     assert_eq!(command[0], support::BIN);
     assert_eq!(&command[1..4], ["install", "126", "--from-hook"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while host.status_json(126)["state"] != "up-to-date" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unit's install never finished"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_up_to_date(&host, 126);
+    assert!(args.contains(&"--property=UMask=0077"), "{args:?}");
+    assert_eq!(mode(&d.join("log")), 0o700);
+    assert_eq!(mode(&d.join("log/126.log")), 0o600);
 }

@@ -39,6 +39,18 @@ pub fn write(path: &Path, content: impl AsRef<[u8]>) {
     std::fs::write(path, content).unwrap();
 }
 
+/// A character device node (root only), its folder made first.
+pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let made = Command::new("mknod")
+        .args(["-m", &format!("{mode:o}")])
+        .arg(path)
+        .args(["c", &major.to_string(), &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {}", path.display());
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -240,4 +252,13 @@ pub fn which(program: &str) -> PathBuf {
         .map(|d| d.join(program))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} not found on PATH"))
+}
+
+/// `program` where the tool looks when no stand-in is on the caller's PATH
+/// (its fixed PATH), as `process::find_program` does.
+pub fn find_on_safe_path(program: &str) -> Option<PathBuf> {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }

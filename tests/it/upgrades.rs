@@ -463,7 +463,7 @@ fn the_container_is_rebooted_only_from_the_background_once_the_start_task_lets_i
     host.set("background", json!(true));
     host.runfile(V3, false);
     host.set_host_version(V3);
-    let lock_dir = host.path().join("run-lock-lxc");
+    let lock_dir = host.path().join("lock-lxc");
     std::fs::create_dir_all(&lock_dir).unwrap();
     let start_task = {
         use rustix::fs::{FlockOperation, Mode, OFlags};
@@ -522,7 +522,7 @@ fn a_process_map_that_never_answers_holds_no_install() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     said(
         &out,
-        "cannot tell which processes still map the old driver: no answer within 1.0s; the reader was abandoned",
+        "cannot tell which processes still map the old driver: no answer within 1.0s",
     );
     said(&out, &format!("result: NVIDIA driver {V2} installed (replacing {V1}); which processes map the old driver could not be told, not restarted: cannot tell what to restart"));
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -558,4 +558,37 @@ fn without_network_the_apt_hook_goes_on_and_the_fetch_fails_in_the_background() 
     let by_hand = host.run(&["prefetch"]);
     assert_eq!(by_hand.status.code(), Some(1), "{}", text(&by_hand));
     said(&by_hand, "after 3 attempts");
+}
+
+/// `sync` on every node, GPU or not, places our snippet under each chained
+/// hookscript's name and removes those of records that are gone: `enable
+/// --chain` on another node waits for it.
+#[test]
+fn sync_places_the_chain_snippets_on_a_node_without_a_gpu() {
+    let host = FakeHost::new();
+    std::fs::remove_file(host.path().join("sys/module/nvidia/version")).unwrap();
+    write(
+        &host.path().join("pve/storage.cfg"),
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n",
+    );
+    write(
+        &host
+            .path()
+            .join("pve/pve-nvidia-hook/chain/0000000000a1.json"),
+        json!({"chain": "local:snippets/site-hook", "vmid": 101, "recorded_unix": 1, "storage": "local"})
+            .to_string(),
+    );
+    let snippets = host.path().join("root/var/lib/vz/snippets");
+    write(&snippets.join("pve-nvidia-hook.0000000000b2"), "gone\n");
+    let out = host.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    said(&out, "no NVIDIA kernel module loaded on the host");
+    assert!(snippets.join("pve-nvidia-hook.0000000000a1").is_file());
+    assert!(!snippets.join("pve-nvidia-hook.0000000000b2").exists());
+    let claims = std::fs::read_dir(host.path().join("pve/pve-nvidia-hook/snippets"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(claims, ["[\"0000000000a1\"]"]);
 }

@@ -1,5 +1,6 @@
 //! Inside the running container: its driver, the nodes it sees, nvidia-smi
-//! (and nvcc), and room for an install.
+//! (and nvcc), room for an install, and Docker with the NVIDIA Container
+//! Toolkit.
 
 use super::access::Passed;
 use super::host::Node;
@@ -197,4 +198,5 @@ pub(super) fn checks(
             None,
         ),
     }
+    super::docker::checks(target, &root, host, report, scope);
 }

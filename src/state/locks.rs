@@ -1,21 +1,20 @@
-//! Per-container locks and the last install's result. "Installing" is never a
-//! file that can go stale: it is an flock held by a live process, released by
-//! the kernel when that process dies, however it dies.
+//! Locks: "installing" is never a file that can go stale: it is an flock
+//! held by a live process, released by the kernel when that process dies,
+//! however it dies. All of them live in the tool's own root-only folder.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
-use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::vmid::Vmid;
 
 pub struct Locks {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
 }
 
 const PREFETCH_LOCK: &str = "prefetch.lock";
@@ -108,43 +107,21 @@ impl Locks {
         flock_writer(&text, major, minor, st.st_ino)
     }
 
-    /// One of `slots` host-wide install slots, waiting at most `limit` for a
-    /// free one. The slots bound how many installers run at once (each
-    /// extracts ~1 GB); they are held only around the copy and the installer.
-    pub fn install_slot(
-        &self,
-        slots: u32,
-        limit: Duration,
-        mut waiting: impl FnMut(),
-    ) -> Result<Held> {
-        let started = Instant::now();
-        let mut told = false;
-        loop {
-            crate::cancel::check()?;
-            for n in 0..slots {
-                if let Some(held) = try_lock(&self.dir, &format!("install-slot-{n}.lock"))? {
-                    return Ok(held);
-                }
-            }
-            if started.elapsed() >= limit {
-                bail!(
-                    "no install slot came free within {}s ({slots} in use by other containers); \
-                     the next start tries again, or raise max_concurrent_installs",
-                    limit.as_secs()
-                );
-            }
-            if !told {
-                waiting();
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
     /// Serialises this node's writers of its published status.
     pub fn publish(&self) -> Result<Held> {
-        let fd = open_lock(&self.dir, "publish.lock")?;
-        rustix::fs::flock(&fd, FlockOperation::LockExclusive).context("locking publish.lock")?;
+        self.exclusive("publish.lock")
+    }
+
+    /// Serialises deciding and recording a notification to the admin (at
+    /// most one an hour per container and host version).
+    pub fn notify(&self) -> Result<Held> {
+        self.exclusive("notify.lock")
+    }
+
+    fn exclusive(&self, name: &str) -> Result<Held> {
+        let fd = open_lock(&self.dir, name)?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {name}"))?;
         Ok(Held { _fd: fd })
     }
 
@@ -185,7 +162,7 @@ fn flock_writer(text: &str, major: u32, minor: u32, inode: u64) -> Option<u32> {
 }
 
 /// The lock `name` in `dir`, or None when someone holds it.
-fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
+pub(super) fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
     let fd = open_lock(dir, name)?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(Held { _fd: fd })),
@@ -196,7 +173,7 @@ fn try_lock(dir: &Path, name: &str) -> Result<Option<Held>> {
 
 /// A lock file in a private folder: never through a symlink planted at its
 /// name, never a file that is not ours.
-fn open_lock(dir: &Path, name: &str) -> Result<OwnedFd> {
+pub(super) fn open_lock(dir: &Path, name: &str) -> Result<OwnedFd> {
     fsutil::ensure_private_dir(dir)?;
     let path = dir.join(name);
     let fd = rustix::fs::open(
@@ -253,148 +230,4 @@ mod lock_tests {
         assert_eq!(locks.holder(vmid, Path::new("/proc")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LastResult {
-    pub host_version: String,
-    pub ok: bool,
-    pub message: String,
-    pub finished_unix: u64,
-    /// Failed installs in a row for `host_version` (an install abandoned
-    /// because its container stopped does not count): how long the timer's
-    /// `sync` leaves the container alone.
-    #[serde(default)]
-    pub failures: u32,
-}
-
-impl LastResult {
-    /// The result an install's `outcome` leaves, after `prev`.
-    pub fn after(
-        prev: Option<&LastResult>,
-        host_version: &str,
-        outcome: &Result<()>,
-        now: u64,
-    ) -> LastResult {
-        let failures_before = prev
-            .filter(|p| !p.ok && p.host_version == host_version)
-            .map_or(0, |p| p.failures);
-        let (message, failures) = match outcome {
-            Ok(()) => ("installed".to_string(), 0),
-            Err(e) => (
-                crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
-                if crate::cancel::is_cancelled(e) {
-                    failures_before
-                } else {
-                    failures_before.saturating_add(1)
-                },
-            ),
-        };
-        LastResult {
-            host_version: host_version.to_string(),
-            ok: outcome.is_ok(),
-            message,
-            finished_unix: now,
-            failures,
-        }
-    }
-}
-
-/// The runfile `prefetch` last fetched for the next boot's module: the
-/// apt hook asks the network once per new version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Prefetched {
-    pub version: String,
-    pub at_unix: u64,
-}
-
-pub struct Results {
-    dir: PathBuf,
-}
-
-impl Results {
-    /// `dir`: `paths.state`, this node's own (what each container's last
-    /// install gave, for `status`).
-    pub fn new(dir: &Path) -> Results {
-        Results {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self, vmid: Vmid) -> PathBuf {
-        self.dir.join(format!("{vmid}.result.json"))
-    }
-
-    pub fn record(&self, vmid: Vmid, host_version: &str, outcome: &Result<()>) -> Result<()> {
-        let result = LastResult::after(self.last(vmid).as_ref(), host_version, outcome, unix_now());
-        self.write(&self.path(vmid), &result)
-    }
-
-    pub fn last(&self, vmid: Vmid) -> Option<LastResult> {
-        read_json(&self.path(vmid))
-    }
-
-    pub fn record_prefetched(&self, version: &str) -> Result<()> {
-        let prefetched = Prefetched {
-            version: version.to_string(),
-            at_unix: unix_now(),
-        };
-        self.write(&self.dir.join("prefetched.json"), &prefetched)
-    }
-
-    pub fn prefetched(&self) -> Option<Prefetched> {
-        read_json(&self.dir.join("prefetched.json"))
-    }
-
-    fn write(&self, path: &Path, value: &impl Serialize) -> Result<()> {
-        fsutil::ensure_private_dir(&self.dir)?;
-        fsutil::write_atomic(path, &serde_json::to_vec_pretty(value)?, 0o600)
-    }
-}
-
-/// A small JSON file of ours; None when it is missing or not one.
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let file = std::fs::File::open(path).ok()?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, 64 * 1024), &mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-#[cfg(test)]
-mod result_tests {
-    use super::*;
-
-    #[test]
-    fn failures_in_a_row_for_one_host_version_are_counted() {
-        let failed = || -> Result<()> { Err(anyhow::anyhow!("stage runfile: 503")) };
-        let first = LastResult::after(None, "550.54.14", &failed(), 100);
-        assert_eq!((first.ok, first.failures), (false, 1));
-        let second = LastResult::after(Some(&first), "550.54.14", &failed(), 200);
-        assert_eq!(second.failures, 2);
-        let cancelled: Result<()> = Err(anyhow::Error::new(crate::cancel::Cancelled(
-            "the container stopped",
-        )));
-        let third = LastResult::after(Some(&second), "550.54.14", &cancelled, 300);
-        assert_eq!(third.failures, 2, "a cancelled install is no failure");
-        let other = LastResult::after(Some(&third), "550.90.07", &failed(), 400);
-        assert_eq!(other.failures, 1, "another host version starts afresh");
-        let ok = LastResult::after(Some(&other), "550.90.07", &Ok(()), 500);
-        assert_eq!(
-            (ok.ok, ok.failures, ok.message.as_str()),
-            (true, 0, "installed")
-        );
-        // A result written before the count existed reads as none.
-        let old: LastResult = serde_json::from_str(
-            r#"{"host_version": "550.54.14", "ok": false, "message": "x", "finished_unix": 1}"#,
-        )
-        .unwrap();
-        assert_eq!(old.failures, 0);
-    }
-}
-/// Seconds since the epoch, for what is recorded (0 on a clock before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -1,8 +1,20 @@
 //! Parser for Proxmox container configs (`/etc/pve/lxc/<vmid>.conf`), after
-//! pve-container's `parse_pct_config`: only the part before the first
-//! `[section]` is the current config (`[pve:pending]` and snapshots follow),
-//! `#` lines are the URI-escaped description, `lxc.*` keys are raw LXC keys
-//! written with `:` or `=`.
+//! pve-container's `parse_pct_config` (`PVE/LXC/Config.pm`): only the part
+//! before the first `[section]` is the current config (`[pve:pending]` and
+//! snapshots follow), `#` lines are the URI-escaped description, `lxc.*`
+//! keys are raw LXC keys written with `:` or `=`. Its patterns:
+//!
+//! - `^\[pve:pending\]\s*$`i and `^\[([a-z][a-z0-9_\-]+)\]\s*$`i start a
+//!   section (a snapshot's name has two characters at least);
+//! - `^(lxc\.[a-z0-9_\-\.]+)(:|\s*=)\s*(.*?)\s*$`: a colon right after the
+//!   key, or `=` after optional blanks. `lxc.mount.entry : ...` is neither:
+//!   Proxmox warns "unable to parse config" and drops the line;
+//! - `^([a-z][a-z_]*\d*):\s*(.+?)\s*$` for its own keys (the last of
+//!   duplicates wins).
+
+mod device;
+
+pub use device::Device;
 
 /// Proxmox's cluster file system refuses files over 1 MiB, so a larger file
 /// is not a real config and is not read further.
@@ -24,18 +36,6 @@ pub struct PctConfig {
     pub skipped_lines: usize,
     /// A `[section]` (snapshot, pending) follows the current config.
     pub sections: bool,
-}
-
-/// A `devN:` passthrough entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub index: usize,
-    pub path: String,
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// The whole value, to repeat it in a fix.
-    pub value: String,
 }
 
 /// How a container is given the host's NVIDIA nodes (either way, it
@@ -147,30 +147,41 @@ impl PctConfig {
             .collect()
     }
 
-    /// `devN:` entries with their options.
-    pub fn devices(&self) -> Vec<Device> {
-        self.entries
+    /// `devN:` entries (the last of a key given twice), each parsed as
+    /// Proxmox's `parse_device` does, or why Proxmox refuses it (and with it
+    /// the start), with the key.
+    pub fn devices(&self) -> Vec<(String, Result<Device, String>)> {
+        let mut keys: Vec<&str> = self
+            .entries
             .iter()
             .filter_map(|e| match e {
-                Entry::Key { key, value } if is_dev_key(key) => {
-                    let opt = |name: &str, radix: u32| {
-                        value.split(',').find_map(|o| {
-                            u32::from_str_radix(o.strip_prefix(name)?.strip_prefix('=')?, radix)
-                                .ok()
-                        })
-                    };
-                    Some(Device {
-                        index: key[3..].parse().ok()?,
-                        path: device_path(value)?.to_string(),
-                        mode: opt("mode", 8),
-                        uid: opt("uid", 10),
-                        gid: opt("gid", 10),
-                        value: value.clone(),
-                    })
-                }
+                Entry::Key { key, .. } if is_dev_key(key) => Some(key.as_str()),
                 _ => None,
             })
+            .collect();
+        keys.sort_by_key(|k| k[3..].parse::<usize>().unwrap_or(usize::MAX));
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|key| {
+                let value = self.get(key)?;
+                let index = key[3..].parse().ok()?;
+                Some((key.to_string(), device::parse(index, value)))
+            })
             .collect()
+    }
+
+    /// Unprivileged for Proxmox: `unprivileged` set, or any `lxc.idmap`
+    /// line (`update_lxc_config`: `$conf->{unprivileged} || $custom_idmap`).
+    /// The value as `check_type` reads a boolean; one it refuses stays in
+    /// the config as written, and Perl takes it as true unless it is `0`.
+    pub fn unprivileged(&self) -> bool {
+        let flag = self.get("unprivileged").is_some_and(|v| {
+            !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "0" | "off" | "no" | "false" | ""
+            )
+        });
+        flag || self.lxc_values("lxc.idmap").next().is_some()
     }
 
     /// Host sources of `lxc.mount.entry` lines (`/dev/nvidia0 dev/nvidia0 none bind,...`).
@@ -200,29 +211,36 @@ impl PctConfig {
     }
 }
 
+/// `^\[pve:pending\]\s*$`i or `^\[([a-z][a-z0-9_\-]+)\]\s*$`i.
 fn is_section_header(line: &str) -> bool {
     let Some(name) = line
-        .trim_end()
+        .trim_end_matches(|c: char| c.is_ascii_whitespace())
         .strip_prefix('[')
         .and_then(|l| l.strip_suffix(']'))
     else {
         return false;
     };
-    name == "pve:pending"
-        || (name.starts_with(|c: char| c.is_ascii_alphabetic())
+    name.eq_ignore_ascii_case("pve:pending")
+        || (name.len() >= 2
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
 fn parse_entry(line: &str) -> Option<Entry> {
-    if line.starts_with("lxc.") {
-        let key_end = line
+    if let Some(rest) = line.strip_prefix("lxc.") {
+        let key_end = rest
             .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c)))
-            .unwrap_or(line.len());
-        let (key, rest) = line.split_at(key_end);
-        let rest = rest.trim_start();
-        let value = rest.strip_prefix(':').or_else(|| rest.strip_prefix('='))?;
+            .unwrap_or(rest.len());
+        if key_end == 0 {
+            return None;
+        }
+        let (key, after) = line.split_at(4 + key_end);
+        // `(:|\s*=)`: a colon only right after the key.
+        let value = after
+            .strip_prefix(':')
+            .or_else(|| after.trim_start().strip_prefix('='))?;
         return Some(Entry::Lxc {
             key: key.to_string(),
             value: value.trim().to_string(),
@@ -344,7 +362,7 @@ snaptime: 1700000000
             ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"]
         );
         assert_eq!(c.nvidia_passthrough(), Some(Passthrough::Device));
-        let devices = c.devices();
+        let devices: Vec<Device> = c.devices().into_iter().map(|(_, d)| d.unwrap()).collect();
         assert_eq!(devices[0].mode, Some(0o666));
         assert_eq!(devices[0].gid, Some(44));
         assert_eq!(
@@ -352,6 +370,7 @@ snaptime: 1700000000
             (1, "/dev/nvidiactl")
         );
         assert_eq!(devices[2].mode, None);
+        assert!(c.unprivileged());
         assert_eq!(c.ostype(), Some("debian"));
         assert_eq!(c.hookscript(), Some("local:snippets/pve-nvidia-hook"));
         assert_eq!(
@@ -369,6 +388,53 @@ snaptime: 1700000000
         );
         assert!(!c.has_tag("nvidia"));
         assert_eq!(c.nvidia_passthrough(), None);
+    }
+
+    /// Issue 15.2: Proxmox's own patterns, not looser ones.
+    #[test]
+    fn lines_proxmox_drops_or_reads_differently() {
+        let c = PctConfig::parse(
+            "lxc.mount.entry : /dev/nvidia0 dev/nvidia0 none bind,optional,create=file\n\
+             lxc.mount.entry = /dev/nvidiactl dev/nvidiactl none bind,optional,create=file\n\
+             lxc.: x\n\
+             LXC.idmap: u 0 100000 65536\n\
+             [a]\n\
+             tags: nvidia\n",
+        );
+        assert_eq!(
+            c.mount_sources(),
+            ["/dev/nvidiactl"],
+            "a blank before the colon: dropped"
+        );
+        assert_eq!(c.skipped_lines, 4);
+        assert!(!c.unprivileged(), "upper-case lxc keys are no lxc keys");
+        assert!(
+            c.has_tag("nvidia"),
+            "`[a]` is too short to be a snapshot's name"
+        );
+        assert!(!c.has_sections());
+        let c = PctConfig::parse("hostname: a\n[PVE:Pending]\ntags: nvidia\n");
+        assert!(
+            c.has_sections() && !c.has_tag("nvidia"),
+            "the pending header is case-insensitive"
+        );
+        // A custom idmap makes the container unprivileged without the key.
+        assert!(PctConfig::parse("lxc.idmap: u 0 200000 65536\n").unprivileged());
+        for (flag, unprivileged) in [
+            ("1", true),
+            ("yes", true),
+            ("0", false),
+            ("off", false),
+            ("2", true),
+        ] {
+            let c = PctConfig::parse(&format!("unprivileged: {flag}\n"));
+            assert_eq!(c.unprivileged(), unprivileged, "{flag}");
+        }
+        // A devN given twice: the last one, as Proxmox keeps it.
+        let c = PctConfig::parse("dev0: /dev/nvidia0\ndev0: /dev/nvidia1,mode=666\n");
+        let devices = c.devices();
+        assert_eq!(devices.len(), 1);
+        assert!(devices[0].1.as_ref().unwrap_err().contains("0[0-7]{3}"));
     }
 
     #[test]

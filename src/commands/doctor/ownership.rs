@@ -1,0 +1,262 @@
+//! Who may open a passed node inside the container: its owner and mode as
+//! Proxmox makes a `devN` node or LXC binds the host's, seen through the
+//! container's idmap.
+
+use super::access::{need, Passed};
+use super::cgroup::{READ, WRITE};
+use super::host::Node;
+use super::{Level, Report};
+use crate::pct_config::PctConfig;
+
+/// Who may open a node in the container: its root, and a service running
+/// as another user (ollama, plex, jellyfin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Access {
+    pub root: bool,
+    pub services: bool,
+}
+
+/// A node's owner and mode as the container sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Owned {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+/// What the mode bits give container root (uid 0, gid 0) and a service
+/// (another uid, not in the node's group), for an open with `need`
+/// (READ, WRITE); `None` owner ids are ids the container cannot name
+/// (nobody).
+pub(super) fn access(node: Owned, need: u8) -> Access {
+    let wanted =
+        (if need & READ != 0 { 0o4 } else { 0 }) | (if need & WRITE != 0 { 0o2 } else { 0 });
+    let bits = |shift: u32| (node.mode >> shift) & wanted == wanted;
+    let root = if node.uid == Some(0) {
+        bits(6)
+    } else if node.gid == Some(0) {
+        bits(3)
+    } else {
+        bits(0)
+    };
+    Access {
+        root,
+        services: bits(0),
+    }
+}
+
+/// A host id as the container sees it through its idmap (`u 0 100000
+/// 65536`): None when outside every range (it shows as nobody).
+fn inside(idmap: &[(char, u32, u32, u32)], kind: char, host: u32) -> Option<u32> {
+    if idmap.is_empty() {
+        return Some(host);
+    }
+    idmap
+        .iter()
+        .find(|(k, _, h, n)| *k == kind && (*h..h.saturating_add(*n)).contains(&host))
+        .and_then(|(_, ct, h, _)| ct.checked_add(host - h))
+}
+
+/// The container's idmap: none for a privileged one; its `lxc.idmap` lines
+/// when it has any (which alone make it unprivileged for Proxmox), else
+/// Proxmox's default (`0 100000 65536`).
+fn idmap(pct: &PctConfig) -> Vec<(char, u32, u32, u32)> {
+    if !pct.unprivileged() {
+        return Vec::new();
+    }
+    let custom: Vec<(char, u32, u32, u32)> = pct
+        .lxc_values("lxc.idmap")
+        .filter_map(|v| {
+            let mut w = v.split_whitespace();
+            let kind = w.next()?.chars().next()?;
+            Some((
+                kind,
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    if custom.is_empty() {
+        vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)]
+    } else {
+        custom
+    }
+}
+
+/// Access per passthrough kind, as Proxmox and LXC make the nodes: a
+/// `devN` node is created by Proxmox with mode 0660 (or `mode=`), owned by
+/// the container's uid/gid 0 (or `uid=`/`gid=`), mapped through the idmap;
+/// an `lxc.mount.entry` binds the host's node with the host's owner and
+/// mode, which an unprivileged container sees through its idmap (host root
+/// as nobody).
+pub(super) fn checks(
+    pct: &PctConfig,
+    nodes: &[Node],
+    passed: &Passed,
+    report: &mut Report,
+    scope: &str,
+) {
+    let map = idmap(pct);
+    let mut root_blocked = Vec::new();
+    let mut services_blocked = Vec::new();
+    let mut fixes = Vec::new();
+    for node in nodes.iter().filter(|n| passed.contains(n)) {
+        let path = format!("/dev/{}", node.name);
+        let (owned, fix) = match passed.device(node) {
+            Some(d) => (
+                Owned {
+                    uid: Some(d.uid.unwrap_or(0)),
+                    gid: Some(d.gid.unwrap_or(0)),
+                    mode: d.mode.unwrap_or(0o660),
+                },
+                format!(
+                    "pct set {} --dev{} {},mode=0666 (or gid=<the service's group>)",
+                    scope.trim_start_matches("CT "),
+                    d.index,
+                    d.value_without("mode")
+                ),
+            ),
+            None => (
+                Owned {
+                    uid: inside(&map, 'u', node.uid),
+                    gid: inside(&map, 'g', node.gid),
+                    mode: node.mode,
+                },
+                format!(
+                    "{path}: pass it as devN with mode=0666 instead of lxc.mount.entry (the host's node is {:o}, {}:{})",
+                    node.mode, node.uid, node.gid
+                ),
+            ),
+        };
+        let can = access(owned, need(node));
+        if !can.root {
+            root_blocked.push(node.name.clone());
+            fixes.push(fix);
+        } else if !can.services {
+            services_blocked.push(node.name.clone());
+            fixes.push(fix);
+        }
+    }
+    let who = if map.is_empty() {
+        "container root"
+    } else {
+        "container root (a mapped uid)"
+    };
+    if !root_blocked.is_empty() {
+        report.add(
+            scope,
+            "device access",
+            Level::Fail,
+            format!("{who} cannot open {}", root_blocked.join(", ")),
+            Some(fixes.join("; ")),
+        );
+    } else if !services_blocked.is_empty() {
+        report.add(
+            scope,
+            "device access",
+            Level::Warn,
+            format!(
+                "{who} can open the passed nodes, services running as another user (ollama, plex, jellyfin) cannot open {}",
+                services_blocked.join(", ")
+            ),
+            Some(fixes.join("; ")),
+        );
+    } else if nodes.iter().any(|n| passed.contains(n)) {
+        report.add(
+            scope,
+            "device access",
+            Level::Ok,
+            format!("{who} and other users can open the passed nodes"),
+            None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_as_proxmox_and_lxc_make_the_nodes() {
+        let rw = READ | WRITE;
+        let dev = |mode| Owned {
+            uid: Some(0),
+            gid: Some(0),
+            mode,
+        };
+        // devN's default: 0660, container root's.
+        assert_eq!(
+            access(dev(0o660), rw),
+            Access {
+                root: true,
+                services: false
+            }
+        );
+        assert_eq!(
+            access(dev(0o666), rw),
+            Access {
+                root: true,
+                services: true
+            }
+        );
+        // A host node bound into an unprivileged container: host root is
+        // nobody there, only the mode's last digit counts.
+        let map = vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)];
+        let bound = |mode| Owned {
+            uid: inside(&map, 'u', 0),
+            gid: inside(&map, 'g', 0),
+            mode,
+        };
+        assert_eq!(bound(0o660).uid, None);
+        assert_eq!(
+            access(bound(0o660), rw),
+            Access {
+                root: false,
+                services: false
+            }
+        );
+        assert_eq!(
+            access(bound(0o666), rw),
+            Access {
+                root: true,
+                services: true
+            }
+        );
+        // nvidia-caps nodes are read-only by design: 0444 is all they need.
+        assert_eq!(
+            access(bound(0o444), READ),
+            Access {
+                root: true,
+                services: true
+            }
+        );
+        assert!(!access(bound(0o444), rw).root);
+        // Privileged: host root is container root.
+        let privileged = Owned {
+            uid: inside(&[], 'u', 0),
+            gid: inside(&[], 'g', 0),
+            mode: 0o660,
+        };
+        assert_eq!(
+            access(privileged, rw),
+            Access {
+                root: true,
+                services: false
+            }
+        );
+        assert_eq!(inside(&map, 'u', 100_044), Some(44));
+    }
+
+    /// Issue 15.2: a custom `lxc.idmap` makes a container unprivileged for
+    /// Proxmox without `unprivileged: 1`; its own map counts.
+    #[test]
+    fn a_custom_idmap_is_unprivileged_and_maps_as_written() {
+        let pct = PctConfig::parse("lxc.idmap: u 0 200000 65536\nlxc.idmap: g 0 200000 65536\n");
+        let map = idmap(&pct);
+        assert_eq!(map, [('u', 0, 200_000, 65_536), ('g', 0, 200_000, 65_536)]);
+        assert_eq!(inside(&map, 'u', 0), None, "host root is nobody inside");
+        assert!(idmap(&PctConfig::parse("unprivileged: 0\n")).is_empty());
+        assert_eq!(idmap(&PctConfig::parse("unprivileged: 1\n")).len(), 2);
+    }
+}
