@@ -4,8 +4,9 @@
 # container that requests NVIDIA by tag, runs `<vmid> post-start` as Proxmox
 # would, shows the status table and the log lines; then upgrades the host's
 # driver to one whose install fails, and shows the notification the admin
-# gets (a stand-in PVE::Notify records the call); and tears it down (KEEP=1
-# keeps it).
+# gets (a stand-in PVE::Notify records the call); the timer's sync leaves the
+# container alone after the failure, and once the runfile installs, a sync
+# repairs it without a restart; and tears it down (KEEP=1 keeps it).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 sandbox=$top/tests/e2e/sandbox.sh
@@ -140,3 +141,15 @@ said "not notified again"
 grep "not notified again" "$work/log/$vmid.log" | sed 's/^/    /'
 echo "calls recorded: $(wc -l < "$work/notifications.jsonl")"
 [ "$(wc -l < "$work/notifications.jsonl")" = 1 ]
+
+step "the timer's sync, within the hour: it leaves the container alone after the failure"
+"$bin" sync --backoff
+
+step "the mirror is fixed (a runfile that installs): pve-nvidia-hook sync repairs it, no restart"
+"$sandbox" runfile "$upgrade" "$work/runfiles" ok
+"$bin" sync
+said "result: NVIDIA driver $upgrade installed"
+state=$(settle)
+echo "state: $state; background log, its end:"
+tail -n 3 "$work/log/$vmid.log" | sed 's/^/    /'
+[ "$state" = up-to-date ]
