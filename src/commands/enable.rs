@@ -142,7 +142,7 @@ fn enable_one(
 
 fn run_now(ctx: &Ctx, target: &Target) -> Result<()> {
     logging::set_vmid(target.vmid);
-    super::install::install_for_host(ctx, target, false, true)
+    super::install::install_for_host(ctx, target, false, true).map(drop)
 }
 
 pub fn disable(config: Option<&Path>, args: &DisableArgs) -> Result<ExitCode> {

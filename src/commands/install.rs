@@ -11,7 +11,7 @@ use crate::container::{detect, LxcAttach};
 use crate::context::{Ctx, Target};
 use crate::decision::{self, Action};
 use crate::logging;
-use crate::pipeline::{self, Budget, Job};
+use crate::pipeline::{self, Budget, Installed, Job, Warning};
 use crate::published::{self, Seen};
 use crate::runfile::{self, Cache, Fetcher};
 use crate::version::DriverVersion;
@@ -19,7 +19,12 @@ use crate::vmid::Vmid;
 use crate::{cluster, decision::State};
 
 /// The result, for `status --cluster` on the other nodes.
-fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
+fn publish(
+    ctx: &Ctx,
+    vmid: Vmid,
+    host: &DriverVersion,
+    outcome: Result<&[String], &anyhow::Error>,
+) {
     let pve = &ctx.config().paths.pve;
     let seen = Seen {
         state: if outcome.is_ok() {
@@ -28,7 +33,11 @@ fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
             State::Failed
         },
         container_version: outcome.is_ok().then(|| host.to_string()),
-        detail: outcome.as_ref().err().map(|e| format!("{e:#}")),
+        detail: match outcome {
+            Ok([]) => None,
+            Ok(warnings) => Some(warnings.join("; ")),
+            Err(e) => Some(format!("{e:#}")),
+        },
         at_unix: crate::state::unix_now(),
     };
     let node = cluster::node_name(pve);
@@ -51,7 +60,12 @@ pub fn run(config: Option<&Path>, args: &InstallArgs) -> Result<ExitCode> {
 }
 
 /// The install for the version of the host's loaded module.
-pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool, foreground: bool) -> Result<()> {
+pub fn install_for_host(
+    ctx: &Ctx,
+    target: &Target,
+    force: bool,
+    foreground: bool,
+) -> Result<Installed> {
     let host = ctx
         .host_version()?
         .ok_or_else(|| anyhow!("no NVIDIA kernel module loaded on the host; nothing to install"))?;
@@ -60,19 +74,24 @@ pub fn install_for_host(ctx: &Ctx, target: &Target, force: bool, foreground: boo
 
 /// `foreground`: someone waits (a terminal, or a start with `background:
 /// false`), so a wait for an install slot is bounded by `slot_wait_secs`.
+///
+/// Ok is the host's driver installed and verified; its
+/// [`Installed::warnings`] say what the container still lacks (a CUDA
+/// toolkit refused, a passthrough gap) or what was done to it (a record
+/// moved aside). They are logged, and recorded with the result.
 pub fn install(
     ctx: &Ctx,
     target: &Target,
     host: &DriverVersion,
     force: bool,
     foreground: bool,
-) -> Result<()> {
+) -> Result<Installed> {
     let vmid = target.vmid;
     let settings = &target.settings;
     let budget = Budget::new(settings.limits.install_budget);
     let Some(_lock) = ctx.locks.try_container(vmid)? else {
         log::info!("already installing");
-        return Ok(());
+        return Ok(Installed::default());
     };
     // Decided again under the lock: another install may just have finished.
     let root = ctx
@@ -86,7 +105,7 @@ pub fn install(
         Action::Install(reason) => log::info!("installing NVIDIA driver {host}: {reason}"),
         Action::UpToDate => {
             log::info!("NVIDIA driver {host} up to date");
-            return Ok(());
+            return Ok(Installed::default());
         }
         Action::Skip(why) => bail!("not installing: {why}"),
     }
@@ -108,6 +127,7 @@ pub fn install(
         log: &log_progress,
     };
     let job = Job {
+        vmid,
         settings,
         host,
         installed: &installed,
@@ -125,11 +145,30 @@ pub fn install(
             log::warn!("{e:#}");
         }
     }
-    if let Err(e) = ctx.results.record(vmid, &host.to_string(), &outcome) {
+    // A passthrough gap is not recorded: `status` reads it live, and it
+    // goes when the node is passed, without another install.
+    let warnings: Vec<String> = outcome
+        .as_ref()
+        .map(|i| {
+            i.warnings
+                .iter()
+                .filter(|w| !matches!(w, Warning::PassthroughGap { .. }))
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let shown = outcome.as_ref().map(|_| warnings.as_slice());
+    if let Err(e) = ctx.results.record(vmid, &host.to_string(), shown) {
         log::warn!("could not record the result: {e:#}");
     }
-    publish(ctx, vmid, host, &outcome);
-    outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
-    log::info!("NVIDIA driver {host} installed and verified");
-    Ok(())
+    publish(ctx, vmid, host, shown);
+    let installed = outcome.with_context(|| format!("installing NVIDIA driver {host}"))?;
+    match installed.warnings.len() {
+        0 => log::info!("NVIDIA driver {host} installed and verified"),
+        n => log::warn!(
+            "NVIDIA driver {host} installed and verified, with {n} warning{} (above)",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+    Ok(installed)
 }

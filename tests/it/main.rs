@@ -14,6 +14,7 @@ mod faults;
 mod hook;
 mod hostile;
 mod install;
+mod installer;
 mod operator;
 mod package;
 mod proxmox;
