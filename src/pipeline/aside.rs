@@ -44,10 +44,15 @@ pub fn unreadable_record(c: &Confined) -> Result<Option<String>, ReadError> {
 
 /// The record's and its folder's `stat`, as backup.c checks them.
 fn judge(dir: &Status, log: &Status) -> Option<String> {
-    if log.kind != Kind::File {
+    let what = match log.kind {
+        Kind::File => None,
+        Kind::Dir => Some("a folder"),
+        Kind::CharDevice => Some("a device node"),
+        _ => Some("a FIFO, a socket or a device node"),
+    };
+    if let Some(what) = what {
         return Some(format!(
-            "{INSTALLER_RECORD} is not a regular file ({:?}): a FIFO makes the installer wait for ever, a folder crashes it",
-            log.kind
+            "{INSTALLER_RECORD} is {what}, not a regular file: a FIFO makes the installer wait for ever, a folder crashes it"
         ));
     }
     if log.size > MAX_RECORD {
@@ -78,7 +83,12 @@ pub fn set_aside(job: &Job) -> Result<Option<Warning>> {
     let Some(why) = job.root.read(unreadable_record)? else {
         return Ok(None);
     };
-    let to = format!("{RECORD_DIR}.unreadable-{}", crate::state::unix_now());
+    // One install per process: seconds and pid make the name its own.
+    let to = format!(
+        "{RECORD_DIR}.unreadable-{}-{}",
+        crate::state::unix_now(),
+        std::process::id()
+    );
     must(
         job,
         ContainerCommand::new(&["mv", "--", RECORD_DIR, &to], job.quick()?),
@@ -143,7 +153,7 @@ mod tests {
                     )
                     .unwrap();
                 },
-                "is not a regular file",
+                "is a FIFO, a socket or a device node, not a regular file",
             ),
             (
                 "folder",

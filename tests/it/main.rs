@@ -7,6 +7,7 @@ mod e2e;
 mod e2e_cluster;
 mod e2e_driver;
 mod e2e_hostile;
+mod e2e_installer;
 mod e2e_lifecycle;
 mod e2e_operator;
 mod fake_host;
