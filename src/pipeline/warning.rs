@@ -47,16 +47,6 @@ impl Warning {
             Fit::Unknown(why) => Some(Warning::CudaUnknown { why: why.clone() }),
         }
     }
-
-    /// The container does not have everything the host's version should
-    /// bring it (what a notification of severity `warning` is for); the
-    /// others say what was done.
-    pub fn short_of_the_host(&self) -> bool {
-        matches!(
-            self,
-            Warning::CudaRefused { .. } | Warning::PassthroughGap { .. }
-        )
-    }
 }
 
 impl std::fmt::Display for Warning {
