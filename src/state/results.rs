@@ -15,6 +15,10 @@ pub struct LastResult {
     pub host_version: String,
     pub ok: bool,
     pub message: String,
+    /// What an install that succeeded had to say (a CUDA toolkit refused,
+    /// a record moved aside), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub finished_unix: u64,
 }
 
@@ -35,15 +39,25 @@ impl Results {
         self.dir.join(format!("{vmid}.result.json"))
     }
 
-    pub fn record(&self, vmid: Vmid, host_version: &str, outcome: &Result<()>) -> Result<()> {
+    /// `outcome`: the warnings of an install that succeeded, or why it failed.
+    pub fn record(
+        &self,
+        vmid: Vmid,
+        host_version: &str,
+        outcome: Result<&[String], &anyhow::Error>,
+    ) -> Result<()> {
         fsutil::ensure_private_dir(&self.dir)?;
+        let bounded = |s: &str| crate::logging::bounded(s, crate::logging::DETAIL_MAX);
         let result = LastResult {
             host_version: host_version.to_string(),
             ok: outcome.is_ok(),
             message: match outcome {
-                Ok(()) => "installed".to_string(),
-                Err(e) => crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
+                Ok(_) => "installed".to_string(),
+                Err(e) => bounded(&format!("{e:#}")),
             },
+            warnings: outcome
+                .map(|w| w.iter().map(|w| bounded(w)).collect())
+                .unwrap_or_default(),
             finished_unix: unix_now(),
         };
         let json = serde_json::to_vec_pretty(&result)?;
