@@ -367,6 +367,7 @@ mod tests {
             host_version: host.into(),
             ok,
             message: "stage runfile: 503".into(),
+            warnings: Vec::new(),
             finished_unix: 1000,
             failures,
         };

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod container;
 pub mod context;
+pub mod cuda;
 pub mod decision;
 pub mod detach;
 pub mod devices;

@@ -17,7 +17,7 @@ use crate::decision::{self, Action};
 use crate::error::{is_refused, Refused};
 use crate::notify::{self, Event, Severity};
 pub use crate::pipeline::Origin;
-use crate::pipeline::{self, Budget, Job, Stage};
+use crate::pipeline::{self, Budget, Job, Stage, Warning};
 use crate::published::{self, Seen};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
@@ -34,6 +34,9 @@ pub enum Done {
         host: DriverVersion,
         /// What the container had before.
         from: Option<DriverVersion>,
+        /// What the container still lacks (a CUDA toolkit refused, a
+        /// passthrough gap) or what was done to it (a record moved aside).
+        warnings: Vec<Warning>,
         /// What followed: the processes that still mapped the old driver,
         /// and what was restarted (None until that was looked at).
         after: Option<Box<AfterInstall>>,
@@ -55,7 +58,12 @@ impl fmt::Display for Installing {
 }
 
 /// The result, for `status --cluster` on the other nodes.
-fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
+fn publish(
+    ctx: &Ctx,
+    vmid: Vmid,
+    host: &DriverVersion,
+    outcome: Result<&[String], &anyhow::Error>,
+) {
     let pve = &ctx.config().paths.pve;
     let seen = Seen {
         state: if outcome.is_ok() {
@@ -64,7 +72,11 @@ fn publish(ctx: &Ctx, vmid: Vmid, host: &DriverVersion, outcome: &Result<()>) {
             State::Failed
         },
         container_version: outcome.is_ok().then(|| host.to_string()),
-        detail: outcome.as_ref().err().map(|e| format!("{e:#}")),
+        detail: match outcome {
+            Ok([]) => None,
+            Ok(warnings) => Some(warnings.join("; ")),
+            Err(e) => Some(format!("{e:#}")),
+        },
         at_unix: crate::state::unix_now(),
     };
     let node = cluster::node_name(pve);
@@ -113,19 +125,33 @@ fn event(
     log_file: Option<std::path::PathBuf>,
 ) -> Option<Event> {
     match outcome {
-        Ok(Done::Installed { host, from, after }) => Some(Event {
+        Ok(Done::Installed {
+            host,
+            from,
+            warnings,
+            after,
+        }) => Some(Event {
             vmid,
-            severity: Severity::Info,
+            // Installed, but not all the container asked for works: it is
+            // not brought to the host's version as it is configured.
+            severity: if warnings.iter().any(Warning::is_shortfall) {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
             host_version: Some(host.clone()),
             container_version: from.clone(),
             stage: None,
-            detail: format!(
+            detail: std::iter::once(format!(
                 "NVIDIA driver {host} installed and verified{}",
                 after
                     .as_deref()
                     .map(AfterInstall::summary)
                     .unwrap_or_default()
-            ),
+            ))
+            .chain(warnings.iter().map(ToString::to_string))
+            .collect::<Vec<_>>()
+            .join("; "),
             log_file,
         }),
         Ok(Done::UpToDate | Done::AlreadyInstalling) => None,
@@ -168,7 +194,12 @@ pub fn install(
     origin: Origin,
 ) -> Result<Done> {
     match install_locked(ctx, target, host, force, origin.foreground())? {
-        Done::Installed { host, from, .. } => {
+        Done::Installed {
+            host,
+            from,
+            warnings,
+            ..
+        } => {
             let after = workloads::after_install(ctx, target, &host, origin);
             let replacing = from
                 .as_ref()
@@ -181,6 +212,7 @@ pub fn install(
             Ok(Done::Installed {
                 host,
                 from,
+                warnings,
                 after: Some(Box::new(after)),
             })
         }
@@ -190,6 +222,11 @@ pub fn install(
 
 /// `foreground`: someone waits (a terminal, or a start with `background:
 /// false`), so a wait for an install slot is bounded by `slot_wait_secs`.
+///
+/// Ok is the host's driver installed and verified; its
+/// [`Installed::warnings`] say what the container still lacks (a CUDA
+/// toolkit refused, a passthrough gap) or what was done to it (a record
+/// moved aside). They are logged, and recorded with the result.
 fn install_locked(
     ctx: &Ctx,
     target: &Target,
@@ -252,16 +289,36 @@ fn install_locked(
             log::warn!("{e:#}");
         }
     }
-    if let Err(e) = ctx.results.record(vmid, &host.to_string(), &outcome) {
+    // A passthrough gap is not recorded: `status` reads it live, and it
+    // goes when the node is passed, without another install.
+    let warnings: Vec<String> = outcome
+        .as_ref()
+        .map(|i| {
+            i.warnings
+                .iter()
+                .filter(|w| !matches!(w, Warning::PassthroughGap { .. }))
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let shown = outcome.as_ref().map(|_| warnings.as_slice());
+    if let Err(e) = ctx.results.record(vmid, &host.to_string(), shown) {
         log::warn!("could not record the result: {e:#}");
     }
-    publish(ctx, vmid, host, &outcome);
+    publish(ctx, vmid, host, shown);
     let from = attempt.container.clone();
-    outcome.map_err(|e| e.context(attempt))?;
-    log::info!("NVIDIA driver {host} installed and verified");
+    let installed = outcome.map_err(|e| e.context(attempt))?;
+    match installed.warnings.len() {
+        0 => log::info!("NVIDIA driver {host} installed and verified"),
+        n => log::warn!(
+            "NVIDIA driver {host} installed and verified, with {n} warning{} (above)",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
     Ok(Done::Installed {
         host: host.clone(),
         from,
+        warnings: installed.warnings,
         after: None,
     })
 }

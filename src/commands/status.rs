@@ -17,6 +17,7 @@ use crate::context::{Ctx, Lookup};
 use crate::decision::{self, Observed, Reason, State};
 use crate::kernels::{self, NextBoot};
 use crate::logging;
+use crate::pipeline;
 use crate::published::{self, Seen};
 use crate::snippet::is_ours;
 use crate::version::DriverVersion;
@@ -179,10 +180,24 @@ fn row(ctx: &Ctx, vmid: Vmid, node: &str, host: Option<&DriverVersion>) -> Resul
         Lookup::Container(t) => t,
         Lookup::Vm | Lookup::Missing => return Ok(None),
     };
-    let installed = match ctx.open_container(vmid) {
-        Ok(root) => root.map(|root| detect::detect_in(&root)),
+    let (installed, gap) = match ctx.open_container(vmid) {
+        Ok(Some(root)) => {
+            let installed = detect::detect_in(&root);
+            // Every file in place, a node workloads need not passed: said,
+            // not hidden behind "up-to-date".
+            let gap = match installed {
+                InstalledDriver::Installed(_) | InstalledDriver::HostProvided(_)
+                    if target.request.wanted =>
+                {
+                    pipeline::passthrough_gap(&root, vmid).ok().flatten()
+                }
+                _ => None,
+            };
+            (Some(installed), gap)
+        }
+        Ok(None) => (None, None),
         // Running, but its files cannot be opened in time: cannot tell.
-        Err(e) => Some(InstalledDriver::Unknown(format!("{e:#}"))),
+        Err(e) => (Some(InstalledDriver::Unknown(format!("{e:#}"))), None),
     };
     let last = ctx.results.last(vmid);
     let last_failed = last
@@ -195,8 +210,21 @@ fn row(ctx: &Ctx, vmid: Vmid, node: &str, host: Option<&DriverVersion>) -> Resul
         installing: ctx.locks.is_installing(vmid),
         last_failed,
     });
+    // What the last install for this version had to say (a CUDA toolkit
+    // refused, a record moved aside), and the gap as it is now.
+    let said: Vec<String> = gap
+        .iter()
+        .map(ToString::to_string)
+        .chain(
+            last.as_ref()
+                .filter(|r| r.ok && host.is_some_and(|h| h.to_string() == r.host_version))
+                .map(|r| r.warnings.clone())
+                .unwrap_or_default(),
+        )
+        .collect();
     let detail = match (&installed, state) {
         (_, State::Failed) => last.map(|r| r.message),
+        (_, State::UpToDate | State::HostProvided) if !said.is_empty() => Some(said.join("; ")),
         (Some(InstalledDriver::Broken(why) | InstalledDriver::Unknown(why)), _) => {
             Some(why.clone())
         }

@@ -112,6 +112,10 @@ fn validate_layer(prefix: &str, layer: &Layer) -> Result<()> {
     {
         anyhow::bail!("{prefix}installer_args: {NO_OPENGL_FILES} contradicts graphics: true (leave it out: graphics decides it)");
     }
+    if let Some(args) = &layer.installer_args {
+        super::installer_args::check(args)
+            .map_err(|e| anyhow::anyhow!("{prefix}installer_args: {e}"))?;
+    }
     if let Some(deps) = &layer.dependencies {
         if let Some(bad) = deps
             .iter()
@@ -212,6 +216,14 @@ mod tests {
             (
                 r#"{"notify": "loud"}"#,
                 "unknown variant `loud`, expected one of `errors`, `all`, `off`",
+            ),
+            (
+                r#"{"installer_args": ["--no-such-flag"]}"#,
+                "installer_args: '--no-such-flag' is not an nvidia-installer option",
+            ),
+            (
+                r#"{"containers": {"101": {"installer_args": ["--tmpdir", "/x"]}}}"#,
+                "containers.\"101\".installer_args: '--tmpdir' is not allowed",
             ),
         ];
         for (text, expected) in cases {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
+pub mod installer_args;
 mod load;
 mod phoenix;
 
@@ -29,23 +30,8 @@ pub const DEFAULT_RUNFILE_URLS: [&str; 2] = [
     "https://us.download.nvidia.com/tesla/{version}/NVIDIA-Linux-x86_64-{version}.run",
 ];
 
-/// The seed's user-space-only flags (`--accept-license` is accepted and
-/// ignored by every installer since 390, so it is left out).
-/// `--no-opengl-files` is added unless `graphics` is true.
-pub const DEFAULT_INSTALLER_ARGS: [&str; 4] = [
-    "--silent",
-    "--no-kernel-module",
-    "--no-x-check",
-    "--no-nouveau-check",
-];
-
 /// Left out the OpenGL, EGL and GLX libraries (and so Vulkan's).
 pub const NO_OPENGL_FILES: &str = "--no-opengl-files";
-
-/// With the graphics libraries the installer brings its own libglvnd
-/// (`--install-libglvnd`): a partial one from the distribution would make a
-/// silent install abort, and Debian's complete one pulls in Mesa.
-pub const INSTALL_LIBGLVND: &str = "--install-libglvnd";
 
 /// What the graphics libraries need in the container beyond libglvnd: the
 /// Vulkan loader, and the X libraries libGLX_nvidia links against.
@@ -203,7 +189,7 @@ layer! {
     runfile_url: String,
     /// A digest, or a map version → digest.
     runfile_sha256: DigestSpec,
-    /// Flags for the driver runfile.
+    /// Flags for the driver runfile, added to the ones it always gets.
     installer_args: Vec<String>,
     /// apt packages installed in the container first.
     dependencies: Vec<String>,
@@ -406,9 +392,7 @@ impl Config {
         Settings {
             runfile_url: l.runfile_url,
             runfile_sha256: l.runfile_sha256,
-            installer_args: l
-                .installer_args
-                .unwrap_or_else(|| strings(&DEFAULT_INSTALLER_ARGS)),
+            installer_args: l.installer_args.unwrap_or_default(),
             dependencies: l
                 .dependencies
                 .unwrap_or_else(|| strings(&DEFAULT_DEPENDENCIES)),
@@ -428,6 +412,8 @@ impl Config {
 pub struct Settings {
     pub runfile_url: Option<String>,
     pub runfile_sha256: Option<DigestSpec>,
+    /// What the configuration adds to the driver installer's own flags
+    /// ([`installer_args::driver_args`]).
     pub installer_args: Vec<String>,
     pub dependencies: Vec<String>,
     pub cleanup: bool,
@@ -440,22 +426,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The driver installer's arguments: the configured ones, with
-    /// `--no-opengl-files` unless `graphics` is on, `--install-libglvnd` when
-    /// it is.
-    pub fn driver_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = self
-            .installer_args
-            .iter()
-            .filter(|a| *a != NO_OPENGL_FILES)
-            .cloned()
-            .collect();
-        if !self.graphics {
-            args.push(NO_OPENGL_FILES.to_string());
-        } else if !args.iter().any(|a| a == INSTALL_LIBGLVND) {
-            args.push(INSTALL_LIBGLVND.to_string());
-        }
-        args
+    /// The driver installer's arguments: the required ones, the defaults,
+    /// the configured ones, and compute-only's flags unless `graphics` is
+    /// on; with it, `--install-libglvnd` where the container's libglvnd is
+    /// absent or incomplete.
+    pub fn driver_args(&self, install_libglvnd: bool) -> Vec<String> {
+        installer_args::driver_args(&self.installer_args, self.graphics, install_libglvnd)
     }
 
     /// The apt packages to have in the container: the configured ones, and
@@ -505,11 +481,11 @@ mod tests {
         let c = parse("{}").unwrap();
         let s = c.settings_for(vmid(101), None);
         assert!(s.cleanup && s.background);
-        assert_eq!(s.installer_args, DEFAULT_INSTALLER_ARGS);
-        assert_eq!(
-            s.driver_args().last().map(String::as_str),
-            Some(NO_OPENGL_FILES),
-            "compute-only by default"
+        assert!(s.installer_args.is_empty());
+        let args = s.driver_args(false);
+        assert!(
+            args.iter().any(|a| a == NO_OPENGL_FILES),
+            "compute-only by default: {args:?}"
         );
         assert_eq!(s.all_dependencies(), DEFAULT_DEPENDENCIES);
         assert_eq!(s.limits.max_concurrent_installs, 2);

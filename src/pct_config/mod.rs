@@ -170,6 +170,32 @@ impl PctConfig {
             .collect()
     }
 
+    /// The container's id mapping as LXC applies it: none for a privileged
+    /// container; its `lxc.idmap` lines when it has any (which alone make it
+    /// unprivileged for Proxmox), else Proxmox's default (`u 0 100000
+    /// 65536`, `g 0 100000 65536`).
+    pub fn idmap(&self) -> Vec<IdRange> {
+        if !self.unprivileged() {
+            return Vec::new();
+        }
+        let custom: Vec<IdRange> = self
+            .lxc_values("lxc.idmap")
+            .filter_map(IdRange::parse)
+            .collect();
+        if custom.is_empty() {
+            [IdKind::User, IdKind::Group]
+                .map(|kind| IdRange {
+                    kind,
+                    inside: 0,
+                    host: 100_000,
+                    count: 65_536,
+                })
+                .to_vec()
+        } else {
+            custom
+        }
+    }
+
     /// Unprivileged for Proxmox: `unprivileged` set, or any `lxc.idmap`
     /// line (`update_lxc_config`: `$conf->{unprivileged} || $custom_idmap`).
     /// The value as `check_type` reads a boolean; one it refuses stays in
@@ -312,6 +338,50 @@ fn uri_escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    User,
+    Group,
+}
+
+/// One range of an id mapping: `u 0 100000 65536` maps the container's
+/// uids 0.. onto the host's 100000.., 65536 of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub kind: IdKind,
+    pub inside: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+impl IdRange {
+    fn parse(value: &str) -> Option<IdRange> {
+        let mut words = value.split_whitespace();
+        let kind = match words.next()? {
+            "u" => IdKind::User,
+            "g" => IdKind::Group,
+            _ => return None,
+        };
+        Some(IdRange {
+            kind,
+            inside: words.next()?.parse().ok()?,
+            host: words.next()?.parse().ok()?,
+            count: words.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// A host id as the container sees it through `map`: itself without a
+/// mapping; None when it is outside every range (it shows as nobody).
+pub fn id_inside(map: &[IdRange], kind: IdKind, host: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(host);
+    }
+    map.iter()
+        .find(|r| r.kind == kind && (r.host..r.host.saturating_add(r.count)).contains(&host))
+        .and_then(|r| r.inside.checked_add(host - r.host))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The last install's result per container, this node's own: what
-//! `status` shows as `failed`.
+//! `status` shows as `failed`, and how many failed in a row (the timer's
+//! `sync` backs off on it); and the runfile `prefetch` last fetched.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,10 @@ pub struct LastResult {
     pub host_version: String,
     pub ok: bool,
     pub message: String,
+    /// What an install that succeeded had to say (a CUDA toolkit refused,
+    /// a record moved aside), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub finished_unix: u64,
     /// Failed installs in a row for `host_version` (an install abandoned
     /// because its container stopped does not count): how long the timer's
@@ -24,20 +29,27 @@ pub struct LastResult {
 }
 
 impl LastResult {
-    /// The result an install's `outcome` leaves, after `prev`.
+    /// The result an install's `outcome` (the warnings of one that
+    /// succeeded, or why it failed) leaves, after `prev`.
     pub fn after(
         prev: Option<&LastResult>,
         host_version: &str,
-        outcome: &Result<()>,
+        outcome: Result<&[String], &anyhow::Error>,
         now: u64,
     ) -> LastResult {
+        let bounded = |s: &str| crate::logging::bounded(s, crate::logging::DETAIL_MAX);
         let failures_before = prev
             .filter(|p| !p.ok && p.host_version == host_version)
             .map_or(0, |p| p.failures);
-        let (message, failures) = match outcome {
-            Ok(()) => ("installed".to_string(), 0),
+        let (message, warnings, failures) = match outcome {
+            Ok(w) => (
+                "installed".to_string(),
+                w.iter().map(|w| bounded(w)).collect(),
+                0,
+            ),
             Err(e) => (
-                crate::logging::bounded(&format!("{e:#}"), crate::logging::DETAIL_MAX),
+                bounded(&format!("{e:#}")),
+                Vec::new(),
                 if crate::cancel::is_cancelled(e) {
                     failures_before
                 } else {
@@ -49,6 +61,7 @@ impl LastResult {
             host_version: host_version.to_string(),
             ok: outcome.is_ok(),
             message,
+            warnings,
             finished_unix: now,
             failures,
         }
@@ -80,7 +93,13 @@ impl Results {
         self.dir.join(format!("{vmid}.result.json"))
     }
 
-    pub fn record(&self, vmid: Vmid, host_version: &str, outcome: &Result<()>) -> Result<()> {
+    /// `outcome`: the warnings of an install that succeeded, or why it failed.
+    pub fn record(
+        &self,
+        vmid: Vmid,
+        host_version: &str,
+        outcome: Result<&[String], &anyhow::Error>,
+    ) -> Result<()> {
         let result = LastResult::after(self.last(vmid).as_ref(), host_version, outcome, unix_now());
         self.write(&self.path(vmid), &result)
     }
@@ -121,22 +140,21 @@ mod tests {
 
     #[test]
     fn failures_in_a_row_for_one_host_version_are_counted() {
-        let failed = || -> Result<()> { Err(anyhow::anyhow!("stage runfile: 503")) };
-        let first = LastResult::after(None, "550.54.14", &failed(), 100);
+        let failed = anyhow::anyhow!("stage runfile: 503");
+        let first = LastResult::after(None, "550.54.14", Err(&failed), 100);
         assert_eq!((first.ok, first.failures), (false, 1));
-        let second = LastResult::after(Some(&first), "550.54.14", &failed(), 200);
+        let second = LastResult::after(Some(&first), "550.54.14", Err(&failed), 200);
         assert_eq!(second.failures, 2);
-        let cancelled: Result<()> = Err(anyhow::Error::new(crate::cancel::Cancelled(
-            "the container stopped",
-        )));
-        let third = LastResult::after(Some(&second), "550.54.14", &cancelled, 300);
+        let cancelled = anyhow::Error::new(crate::cancel::Cancelled("the container stopped"));
+        let third = LastResult::after(Some(&second), "550.54.14", Err(&cancelled), 300);
         assert_eq!(third.failures, 2, "a cancelled install is no failure");
-        let other = LastResult::after(Some(&third), "550.90.07", &failed(), 400);
+        let other = LastResult::after(Some(&third), "550.90.07", Err(&failed), 400);
         assert_eq!(other.failures, 1, "another host version starts afresh");
-        let ok = LastResult::after(Some(&other), "550.90.07", &Ok(()), 500);
+        let warned = ["no CUDA toolkit".to_string()];
+        let ok = LastResult::after(Some(&other), "550.90.07", Ok(&warned), 500);
         assert_eq!(
-            (ok.ok, ok.failures, ok.message.as_str()),
-            (true, 0, "installed")
+            (ok.ok, ok.failures, ok.message.as_str(), ok.warnings.len()),
+            (true, 0, "installed", 1)
         );
         // A result written before the count existed reads as none.
         let old: LastResult = serde_json::from_str(

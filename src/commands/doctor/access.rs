@@ -95,7 +95,7 @@ pub(super) fn checks(
         );
     }
     rules::checks(target, nodes, &passed, layout, report, scope);
-    ownership::checks(pct, nodes, &passed, report, scope);
+    ownership::checks(target.vmid, pct, nodes, &passed, report, scope);
     passed
 }
 

@@ -41,7 +41,7 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
             return;
         }
     };
-    if let Some(store) = snippet_on_every_node(ctx, volume, &storages, report, scope) {
+    if let Some(store) = snippet_on_every_node(ctx, vmid, volume, &storages, report, scope) {
         report.add(
             scope,
             "hook",
@@ -57,12 +57,12 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
 /// this node's file when all is well.
 fn snippet_on_every_node(
     ctx: &Ctx,
+    vmid: crate::vmid::Vmid,
     volume: &str,
     storages: &[Storage],
     report: &mut Report,
     scope: &str,
 ) -> Option<std::path::PathBuf> {
-    let vmid = scope.trim_start_matches("CT ");
     let paths = &ctx.config().paths;
     let Some((store, path)) = storage::resolve_volume(storages, volume, &paths.storage_root) else {
         report.add(

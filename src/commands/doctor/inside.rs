@@ -10,6 +10,7 @@ use crate::container::detect::{self, InstalledDriver};
 use crate::container::inspect;
 use crate::container::LxcAttach;
 use crate::context::{Ctx, Target};
+use crate::cuda::Fit;
 use crate::pipeline;
 use crate::version::DriverVersion;
 
@@ -137,6 +138,15 @@ pub(super) fn checks(
             Ok(_) => report.add(scope, "node inside", Level::Warn, format!("{path} present but not a character device"), None),
         }
     }
+    if matches!(
+        installed,
+        InstalledDriver::Installed(_) | InstalledDriver::HostProvided(_)
+    ) {
+        // Installed, and what workloads still need: a warning, not a failure.
+        if let Ok(Some(gap)) = pipeline::passthrough_gap(&root, vmid) {
+            report.add(scope, "cuda", Level::Warn, gap.to_string(), None);
+        }
+    }
     let quick = target.settings.limits.command_timeout;
     match (LxcAttach::new(vmid), host) {
         (Ok(exec), Some(host)) => {
@@ -144,7 +154,12 @@ pub(super) fn checks(
                 Ok(v) => report.add(scope, "nvidia-smi", Level::Ok, format!("reports {v}"), None),
                 Err(e) => report.add(scope, "nvidia-smi", Level::Fail, format!("{e:#}"), None),
             }
-            if target.settings.cuda.is_some() {
+            let fit = pipeline::cuda_fit(&target.settings, host).ok().flatten();
+            if let Some(refused @ Fit::NeedsNewer { .. }) = &fit {
+                if let Some(w) = pipeline::Warning::of_cuda(refused, host) {
+                    report.add(scope, "nvcc", Level::Warn, w.to_string(), None);
+                }
+            } else if target.settings.cuda.is_some() {
                 match pipeline::verify_nvcc(&exec, quick) {
                     Ok(()) => report.add(scope, "nvcc", Level::Ok, "runs", None),
                     Err(e) => report.add(

@@ -6,7 +6,8 @@ use super::access::{need, Passed};
 use super::cgroup::{READ, WRITE};
 use super::host::Node;
 use super::{Level, Report};
-use crate::pct_config::PctConfig;
+use crate::pct_config::{id_inside, IdKind, PctConfig};
+use crate::vmid::Vmid;
 
 /// Who may open a node in the container: its root, and a service running
 /// as another user (ollama, plex, jellyfin).
@@ -45,45 +46,6 @@ pub(super) fn access(node: Owned, need: u8) -> Access {
     }
 }
 
-/// A host id as the container sees it through its idmap (`u 0 100000
-/// 65536`): None when outside every range (it shows as nobody).
-fn inside(idmap: &[(char, u32, u32, u32)], kind: char, host: u32) -> Option<u32> {
-    if idmap.is_empty() {
-        return Some(host);
-    }
-    idmap
-        .iter()
-        .find(|(k, _, h, n)| *k == kind && (*h..h.saturating_add(*n)).contains(&host))
-        .and_then(|(_, ct, h, _)| ct.checked_add(host - h))
-}
-
-/// The container's idmap: none for a privileged one; its `lxc.idmap` lines
-/// when it has any (which alone make it unprivileged for Proxmox), else
-/// Proxmox's default (`0 100000 65536`).
-fn idmap(pct: &PctConfig) -> Vec<(char, u32, u32, u32)> {
-    if !pct.unprivileged() {
-        return Vec::new();
-    }
-    let custom: Vec<(char, u32, u32, u32)> = pct
-        .lxc_values("lxc.idmap")
-        .filter_map(|v| {
-            let mut w = v.split_whitespace();
-            let kind = w.next()?.chars().next()?;
-            Some((
-                kind,
-                w.next()?.parse().ok()?,
-                w.next()?.parse().ok()?,
-                w.next()?.parse().ok()?,
-            ))
-        })
-        .collect();
-    if custom.is_empty() {
-        vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)]
-    } else {
-        custom
-    }
-}
-
 /// Access per passthrough kind, as Proxmox and LXC make the nodes: a
 /// `devN` node is created by Proxmox with mode 0660 (or `mode=`), owned by
 /// the container's uid/gid 0 (or `uid=`/`gid=`), mapped through the idmap;
@@ -91,13 +53,14 @@ fn idmap(pct: &PctConfig) -> Vec<(char, u32, u32, u32)> {
 /// mode, which an unprivileged container sees through its idmap (host root
 /// as nobody).
 pub(super) fn checks(
+    vmid: Vmid,
     pct: &PctConfig,
     nodes: &[Node],
     passed: &Passed,
     report: &mut Report,
     scope: &str,
 ) {
-    let map = idmap(pct);
+    let map = pct.idmap();
     let mut root_blocked = Vec::new();
     let mut services_blocked = Vec::new();
     let mut fixes = Vec::new();
@@ -111,16 +74,15 @@ pub(super) fn checks(
                     mode: d.mode.unwrap_or(0o660),
                 },
                 format!(
-                    "pct set {} --dev{} {},mode=0666 (or gid=<the service's group>)",
-                    scope.trim_start_matches("CT "),
+                    "pct set {vmid} --dev{} {},mode=0666 (or gid=<the service's group>)",
                     d.index,
                     d.value_without("mode")
                 ),
             ),
             None => (
                 Owned {
-                    uid: inside(&map, 'u', node.uid),
-                    gid: inside(&map, 'g', node.gid),
+                    uid: id_inside(&map, IdKind::User, node.uid),
+                    gid: id_inside(&map, IdKind::Group, node.gid),
                     mode: node.mode,
                 },
                 format!(
@@ -202,10 +164,10 @@ mod tests {
         );
         // A host node bound into an unprivileged container: host root is
         // nobody there, only the mode's last digit counts.
-        let map = vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)];
+        let map = PctConfig::parse("unprivileged: 1\n").idmap();
         let bound = |mode| Owned {
-            uid: inside(&map, 'u', 0),
-            gid: inside(&map, 'g', 0),
+            uid: id_inside(&map, IdKind::User, 0),
+            gid: id_inside(&map, IdKind::Group, 0),
             mode,
         };
         assert_eq!(bound(0o660).uid, None);
@@ -234,8 +196,8 @@ mod tests {
         assert!(!access(bound(0o444), rw).root);
         // Privileged: host root is container root.
         let privileged = Owned {
-            uid: inside(&[], 'u', 0),
-            gid: inside(&[], 'g', 0),
+            uid: id_inside(&[], IdKind::User, 0),
+            gid: id_inside(&[], IdKind::Group, 0),
             mode: 0o660,
         };
         assert_eq!(
@@ -245,7 +207,7 @@ mod tests {
                 services: false
             }
         );
-        assert_eq!(inside(&map, 'u', 100_044), Some(44));
+        assert_eq!(id_inside(&map, IdKind::User, 100_044), Some(44));
     }
 
     /// Issue 15.2: a custom `lxc.idmap` makes a container unprivileged for
@@ -253,10 +215,19 @@ mod tests {
     #[test]
     fn a_custom_idmap_is_unprivileged_and_maps_as_written() {
         let pct = PctConfig::parse("lxc.idmap: u 0 200000 65536\nlxc.idmap: g 0 200000 65536\n");
-        let map = idmap(&pct);
-        assert_eq!(map, [('u', 0, 200_000, 65_536), ('g', 0, 200_000, 65_536)]);
-        assert_eq!(inside(&map, 'u', 0), None, "host root is nobody inside");
-        assert!(idmap(&PctConfig::parse("unprivileged: 0\n")).is_empty());
-        assert_eq!(idmap(&PctConfig::parse("unprivileged: 1\n")).len(), 2);
+        let map = pct.idmap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(
+            (map[0].kind, map[0].host, map[1].kind),
+            (IdKind::User, 200_000, IdKind::Group)
+        );
+        assert_eq!(
+            id_inside(&map, IdKind::User, 0),
+            None,
+            "host root is nobody inside"
+        );
+        assert_eq!(id_inside(&map, IdKind::Group, 200_044), Some(44));
+        assert!(PctConfig::parse("unprivileged: 0\n").idmap().is_empty());
+        assert_eq!(PctConfig::parse("unprivileged: 1\n").idmap().len(), 2);
     }
 }
