@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::passthrough::Gpus;
 use crate::vmid::Vmid;
 
 /// Keeps the NVIDIA user-space driver in Proxmox LXC containers in step with
@@ -163,6 +164,18 @@ pub struct EnableArgs {
     /// Print the commands and file changes without making them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Instead: pass the host's NVIDIA device nodes to the containers as
+    /// Proxmox's devN entries (raw lxc lines before PVE 8.1), to their
+    /// video group or with a mode that lets their users open them.
+    #[arg(long, conflicts_with_all = ["storage", "no_tag", "chain", "now"])]
+    pub passthrough: bool,
+    /// With --passthrough: the GPUs, by number as in /dev/nvidia<N> [default: all].
+    #[arg(long, value_name = "0,1|all", requires = "passthrough")]
+    pub gpu: Option<Gpus>,
+    /// With --passthrough: remove the raw lxc.mount.entry and
+    /// lxc.cgroup*.devices.allow lines for the nodes the devN entries pass.
+    #[arg(long, requires = "passthrough")]
+    pub replace_raw: bool,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +188,9 @@ pub struct DisableArgs {
     /// Print the commands without running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Instead: remove what `enable --passthrough` wrote, and nothing else.
+    #[arg(long, conflicts_with = "untag")]
+    pub passthrough: bool,
 }
 
 #[derive(Debug, Args)]

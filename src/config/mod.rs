@@ -116,6 +116,9 @@ pub struct Paths {
     /// Where storage paths (`/var/lib/vz`) are found: `/` on a host; the
     /// tests give each simulated node a folder of its own.
     pub storage_root: PathBuf,
+    /// Proxmox's container config locks (`pve-config-<vmid>.lock`), taken
+    /// before a config file is edited as `pct set` cannot.
+    pub lxc_lock: PathBuf,
 }
 
 impl Default for Paths {
@@ -132,6 +135,7 @@ impl Default for Paths {
             state: "/var/lib/pve-nvidia-hook".into(),
             local_cache: "/var/cache/pve-nvidia-hook".into(),
             storage_root: "/".into(),
+            lxc_lock: "/run/lock/lxc".into(),
         }
     }
 }

@@ -13,8 +13,10 @@
 //!   duplicates wins).
 
 mod device;
+mod edit;
 
 pub use device::Device;
+pub use edit::{edit_current, Edit, RawLine};
 
 /// Proxmox's cluster file system refuses files over 1 MiB, so a larger file
 /// is not a real config and is not read further.
@@ -112,6 +114,17 @@ impl PctConfig {
         })
     }
 
+    /// The raw `lxc.*` lines, in order.
+    pub fn raw_lines(&self) -> Vec<RawLine> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Lxc { key, value } => Some(RawLine::new(key, value)),
+                Entry::Key { .. } => None,
+            })
+            .collect()
+    }
+
     /// `tags: a;b c,d`, as written (their case kept: a cluster whose
     /// `tag-style` is case-sensitive keeps it).
     pub fn raw_tags(&self) -> Vec<String> {
@@ -184,6 +197,40 @@ impl PctConfig {
         flag || self.lxc_values("lxc.idmap").next().is_some()
     }
 
+    /// The id map Proxmox gives the container (`parse_id_maps`): none for
+    /// a privileged one; its `lxc.idmap` lines when it has any (which alone
+    /// make it unprivileged), else Proxmox's default, `0 100000 65536` for
+    /// users and groups.
+    pub fn idmap(&self) -> Vec<IdRange> {
+        if !self.unprivileged() {
+            return Vec::new();
+        }
+        let custom: Vec<IdRange> = self
+            .lxc_values("lxc.idmap")
+            .filter_map(|v| {
+                let mut w = v.split_whitespace();
+                Some(IdRange {
+                    kind: w.next()?.chars().next()?,
+                    container: w.next()?.parse().ok()?,
+                    host: w.next()?.parse().ok()?,
+                    count: w.next()?.parse().ok()?,
+                })
+            })
+            .collect();
+        if custom.is_empty() {
+            ['u', 'g']
+                .map(|kind| IdRange {
+                    kind,
+                    container: 0,
+                    host: 100_000,
+                    count: 65_536,
+                })
+                .to_vec()
+        } else {
+            custom
+        }
+    }
+
     /// Host sources of `lxc.mount.entry` lines (`/dev/nvidia0 dev/nvidia0 none bind,...`).
     pub fn mount_sources(&self) -> Vec<&str> {
         self.lxc_values("lxc.mount.entry")
@@ -211,6 +258,61 @@ impl PctConfig {
     }
 }
 
+/// One `lxc.idmap` range: `kind` (`u` or `g`), `count` ids from
+/// `container` inside mapped to `host` outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub kind: char,
+    pub container: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+/// A host id as the container sees it through its idmap: None outside
+/// every range (it shows as nobody); as is for a privileged container.
+pub fn host_to_container(map: &[IdRange], kind: char, host: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(host);
+    }
+    map.iter()
+        .find(|r| r.kind == kind && (r.host..r.host.saturating_add(r.count)).contains(&host))
+        .and_then(|r| r.container.checked_add(host - r.host))
+}
+
+/// A container's id on the host, as `map_ct_id_to_host` maps it: None
+/// outside every range, where Proxmox would use the id unmapped (a host
+/// id, which no one in the container holds); as is for a privileged one.
+pub fn container_to_host(map: &[IdRange], kind: char, id: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(id);
+    }
+    map.iter()
+        .find(|r| {
+            r.kind == kind && (r.container..r.container.saturating_add(r.count)).contains(&id)
+        })
+        .and_then(|r| r.host.checked_add(id - r.container))
+}
+
+/// The `[pve:pending]` section of a config text, parsed as the current
+/// config is: the changes `pct set` could not apply to a running
+/// container (they take effect at its next start).
+pub fn parse_pending(text: &str) -> PctConfig {
+    let mut lines = text.split('\n');
+    let found = lines.by_ref().any(|raw| {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        is_section_header(line) && is_pending_header(line)
+    });
+    if !found {
+        return PctConfig::default();
+    }
+    PctConfig::parse(&lines.collect::<Vec<_>>().join("\n"))
+}
+
+fn is_pending_header(line: &str) -> bool {
+    line.trim_end_matches(|c: char| c.is_ascii_whitespace())
+        .eq_ignore_ascii_case("[pve:pending]")
+}
+
 /// `^\[pve:pending\]\s*$`i or `^\[([a-z][a-z0-9_\-]+)\]\s*$`i.
 fn is_section_header(line: &str) -> bool {
     let Some(name) = line
@@ -220,7 +322,7 @@ fn is_section_header(line: &str) -> bool {
     else {
         return false;
     };
-    name.eq_ignore_ascii_case("pve:pending")
+    is_pending_header(line)
         || (name.len() >= 2
             && name.starts_with(|c: char| c.is_ascii_alphabetic())
             && name
@@ -435,6 +537,28 @@ snaptime: 1700000000
         let devices = c.devices();
         assert_eq!(devices.len(), 1);
         assert!(devices[0].1.as_ref().unwrap_err().contains("0[0-7]{3}"));
+    }
+
+    #[test]
+    fn the_pending_section_and_idmaps_as_proxmox_reads_them() {
+        let text = "dev0: /dev/nvidia0\nunprivileged: 1\n\n[PVE:pending]\ndev1: /dev/nvidiactl,mode=0666\ndelete: dev0\n[snap1]\ndev2: /dev/nvidia1\n";
+        let pending = parse_pending(text);
+        assert_eq!(pending.get("dev1"), Some("/dev/nvidiactl,mode=0666"));
+        assert_eq!(pending.get("delete"), Some("dev0"));
+        assert_eq!(pending.get("dev2"), None, "a snapshot is not pending");
+        assert_eq!(parse_pending("dev0: /dev/nvidia0\n"), PctConfig::default());
+        let map = PctConfig::parse(text).idmap();
+        assert_eq!(container_to_host(&map, 'g', 44), Some(100_044));
+        assert_eq!(container_to_host(&map, 'g', 70_000), None);
+        assert_eq!(host_to_container(&map, 'g', 100_044), Some(44));
+        assert_eq!(host_to_container(&map, 'u', 0), None);
+        let privileged = PctConfig::parse("arch: amd64\n").idmap();
+        assert!(privileged.is_empty());
+        assert_eq!(container_to_host(&privileged, 'g', 44), Some(44));
+        let custom =
+            PctConfig::parse("lxc.idmap: g 0 200000 1000\nlxc.idmap: g 1000 1000 1\n").idmap();
+        assert_eq!(container_to_host(&custom, 'g', 1000), Some(1000));
+        assert_eq!(container_to_host(&custom, 'g', 1001), None);
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl FakeHost {
                     "dev": d.join("dev"), "state": d.join("state"),
                     "local_cache": d.join("cache"),
                     "storage_root": d.join("root"),
+                    "lxc_lock": d.join("lock-lxc"),
                 },
             }),
             dir,

@@ -24,6 +24,7 @@ mod install;
 mod notify;
 mod operator;
 mod package;
+mod passthrough;
 mod proxmox;
 mod sandbox;
 mod standins;

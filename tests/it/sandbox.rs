@@ -86,6 +86,7 @@ impl Sandbox {
                     "dev": w.join("devnodes"), "state": w.join("state"),
                     "local_cache": w.join("cache"),
                     "storage_root": w.join("root"),
+                    "lxc_lock": w.join("lock-lxc"),
                 },
             }),
             server,

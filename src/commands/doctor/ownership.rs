@@ -6,14 +6,16 @@ use super::access::{need, Passed};
 use super::cgroup::{READ, WRITE};
 use super::host::Node;
 use super::{Level, Report};
-use crate::pct_config::PctConfig;
+use crate::pct_config::{host_to_container as inside, PctConfig};
 
-/// Who may open a node in the container: its root, and a service running
-/// as another user (ollama, plex, jellyfin).
+/// Who may open a node in the container: its root, a service running as
+/// another user (ollama, plex, jellyfin), and the members of the node's
+/// group when that is another than root's (`gid=` of a `video` group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Access {
     pub root: bool,
     pub services: bool,
+    pub group: Option<u32>,
 }
 
 /// A node's owner and mode as the container sees them.
@@ -42,45 +44,7 @@ pub(super) fn access(node: Owned, need: u8) -> Access {
     Access {
         root,
         services: bits(0),
-    }
-}
-
-/// A host id as the container sees it through its idmap (`u 0 100000
-/// 65536`): None when outside every range (it shows as nobody).
-fn inside(idmap: &[(char, u32, u32, u32)], kind: char, host: u32) -> Option<u32> {
-    if idmap.is_empty() {
-        return Some(host);
-    }
-    idmap
-        .iter()
-        .find(|(k, _, h, n)| *k == kind && (*h..h.saturating_add(*n)).contains(&host))
-        .and_then(|(_, ct, h, _)| ct.checked_add(host - h))
-}
-
-/// The container's idmap: none for a privileged one; its `lxc.idmap` lines
-/// when it has any (which alone make it unprivileged for Proxmox), else
-/// Proxmox's default (`0 100000 65536`).
-fn idmap(pct: &PctConfig) -> Vec<(char, u32, u32, u32)> {
-    if !pct.unprivileged() {
-        return Vec::new();
-    }
-    let custom: Vec<(char, u32, u32, u32)> = pct
-        .lxc_values("lxc.idmap")
-        .filter_map(|v| {
-            let mut w = v.split_whitespace();
-            let kind = w.next()?.chars().next()?;
-            Some((
-                kind,
-                w.next()?.parse().ok()?,
-                w.next()?.parse().ok()?,
-                w.next()?.parse().ok()?,
-            ))
-        })
-        .collect();
-    if custom.is_empty() {
-        vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)]
-    } else {
-        custom
+        group: node.gid.filter(|&g| g != 0 && bits(3)),
     }
 }
 
@@ -97,9 +61,10 @@ pub(super) fn checks(
     report: &mut Report,
     scope: &str,
 ) {
-    let map = idmap(pct);
+    let map = pct.idmap();
     let mut root_blocked = Vec::new();
     let mut services_blocked = Vec::new();
+    let mut group_only = Vec::new();
     let mut fixes = Vec::new();
     for node in nodes.iter().filter(|n| passed.contains(n)) {
         let path = format!("/dev/{}", node.name);
@@ -133,6 +98,8 @@ pub(super) fn checks(
         if !can.root {
             root_blocked.push(node.name.clone());
             fixes.push(fix);
+        } else if let (false, Some(gid)) = (can.services, can.group) {
+            group_only.push(format!("{} (group {gid})", node.name));
         } else if !can.services {
             services_blocked.push(node.name.clone());
             fixes.push(fix);
@@ -162,6 +129,19 @@ pub(super) fn checks(
             ),
             Some(fixes.join("; ")),
         );
+    } else if !group_only.is_empty() {
+        // The admin gave the nodes to a group of the container's: its
+        // members can open them, which is the point.
+        report.add(
+            scope,
+            "device access",
+            Level::Ok,
+            format!(
+                "{who} and the members of the container's group can open the passed nodes: {} (other users cannot: add a service's user to that group)",
+                group_only.join(", ")
+            ),
+            None,
+        );
     } else if nodes.iter().any(|n| passed.contains(n)) {
         report.add(
             scope,
@@ -176,6 +156,7 @@ pub(super) fn checks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pct_config::IdRange;
 
     #[test]
     fn access_as_proxmox_and_lxc_make_the_nodes() {
@@ -190,19 +171,21 @@ mod tests {
             access(dev(0o660), rw),
             Access {
                 root: true,
-                services: false
+                services: false,
+                group: None
             }
         );
         assert_eq!(
             access(dev(0o666), rw),
             Access {
                 root: true,
-                services: true
+                services: true,
+                group: None
             }
         );
         // A host node bound into an unprivileged container: host root is
         // nobody there, only the mode's last digit counts.
-        let map = vec![('u', 0, 100_000, 65_536), ('g', 0, 100_000, 65_536)];
+        let map = PctConfig::parse("unprivileged: 1\n").idmap();
         let bound = |mode| Owned {
             uid: inside(&map, 'u', 0),
             gid: inside(&map, 'g', 0),
@@ -213,14 +196,16 @@ mod tests {
             access(bound(0o660), rw),
             Access {
                 root: false,
-                services: false
+                services: false,
+                group: None
             }
         );
         assert_eq!(
             access(bound(0o666), rw),
             Access {
                 root: true,
-                services: true
+                services: true,
+                group: None
             }
         );
         // nvidia-caps nodes are read-only by design: 0444 is all they need.
@@ -228,7 +213,8 @@ mod tests {
             access(bound(0o444), READ),
             Access {
                 root: true,
-                services: true
+                services: true,
+                group: None
             }
         );
         assert!(!access(bound(0o444), rw).root);
@@ -242,10 +228,24 @@ mod tests {
             access(privileged, rw),
             Access {
                 root: true,
-                services: false
+                services: false,
+                group: None
             }
         );
         assert_eq!(inside(&map, 'u', 100_044), Some(44));
+        // devN with gid= of the container's video group: its members too.
+        let video = |mode| Owned {
+            uid: Some(0),
+            gid: Some(44),
+            mode,
+        };
+        assert_eq!(access(video(0o660), rw).group, Some(44));
+        assert!(!access(video(0o660), rw).services);
+        assert_eq!(
+            access(video(0o640), rw).group,
+            None,
+            "read-only for the group"
+        );
     }
 
     /// Issue 15.2: a custom `lxc.idmap` makes a container unprivileged for
@@ -253,10 +253,16 @@ mod tests {
     #[test]
     fn a_custom_idmap_is_unprivileged_and_maps_as_written() {
         let pct = PctConfig::parse("lxc.idmap: u 0 200000 65536\nlxc.idmap: g 0 200000 65536\n");
-        let map = idmap(&pct);
-        assert_eq!(map, [('u', 0, 200_000, 65_536), ('g', 0, 200_000, 65_536)]);
+        let map = pct.idmap();
+        let range = |kind| IdRange {
+            kind,
+            container: 0,
+            host: 200_000,
+            count: 65_536,
+        };
+        assert_eq!(map, [range('u'), range('g')]);
         assert_eq!(inside(&map, 'u', 0), None, "host root is nobody inside");
-        assert!(idmap(&PctConfig::parse("unprivileged: 0\n")).is_empty());
-        assert_eq!(idmap(&PctConfig::parse("unprivileged: 1\n")).len(), 2);
+        assert!(PctConfig::parse("unprivileged: 0\n").idmap().is_empty());
+        assert_eq!(PctConfig::parse("unprivileged: 1\n").idmap().len(), 2);
     }
 }
