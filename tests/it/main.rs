@@ -16,6 +16,7 @@ mod e2e_hostile;
 mod e2e_lifecycle;
 mod e2e_notify;
 mod e2e_operator;
+mod e2e_passthrough;
 mod fake_host;
 mod faults;
 mod hook;

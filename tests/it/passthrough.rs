@@ -171,7 +171,7 @@ fn dry_run_and_replace_raw_on_a_stopped_container() {
     has(&shown, "raw lines for the same nodes stay and double up with the devN entries (a node bound twice; rules the devN entries already give): lxc.mount.entry: /dev/nvidia0 dev/nvidia0 none bind,optional,create=file; lxc.mount.entry: /dev/nvidia-uvm dev/nvidia-uvm none bind,optional,create=file; lxc.cgroup2.devices.allow: c 195:* rwm; lxc.cgroup2.devices.allow: c 511:* rwm (--replace-raw removes them)");
     has(
         &shown,
-        "CT 602: dev0, dev1, dev2, dev3, dev4, dev5 take effect when it next starts",
+        "CT 602: dev0, dev1, dev2, dev3, dev4, dev5 would take effect when it next starts",
     );
     let shown = ok(&host.run(&[
         "enable",

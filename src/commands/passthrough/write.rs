@@ -72,15 +72,12 @@ pub(super) fn when(
         }
     }
     later.extend(plan.delete.iter().map(String::as_str));
-    let would = if after.is_some() { "" } else { "would be " };
+    let (plugged, would) = match after {
+        Some(_) => ("hot-plugged: the running container has them now", ""),
+        None => ("would be hot-plugged into the running container", "would "),
+    };
     if !now.is_empty() {
-        say(
-            vmid,
-            &format!(
-                "{} {would}hot-plugged: the running container has them now",
-                now.join(", ")
-            ),
-        );
+        say(vmid, &format!("{} {plugged}", now.join(", ")));
     }
     if !later.is_empty() {
         let why = match support {
@@ -90,13 +87,13 @@ pub(super) fn when(
         };
         say(
             vmid,
-            &format!("{} take effect {next_start}{why}", later.join(", ")),
+            &format!("{} {would}take effect {next_start}{why}", later.join(", ")),
         );
     }
     if plan.edits_config_file() {
         say(
             vmid,
-            &format!("the lines in its config file take effect {next_start}"),
+            &format!("the lines in its config file {would}take effect {next_start}"),
         );
     }
 }
