@@ -119,6 +119,10 @@ fn a_running_unprivileged_container_gets_its_gpu_to_its_video_group() {
         &shown,
         "CT 601: dev1, dev2, dev3, dev4, dev5 hot-plugged: the running container has them now",
     );
+    has(
+        &shown,
+        "CT 601: the hook is not registered: `pve-nvidia-hook enable 601` keeps its NVIDIA driver at the host's version",
+    );
     let written = conf(&host, 601);
     assert!(!written.contains("[pve:pending]"), "{written}");
     assert!(written
@@ -380,4 +384,22 @@ fn a_hostile_etc_group_never_reaches_the_config() {
     let shown = ok(&host.run(&["enable", "--passthrough", "--gpu", "0", "606"]));
     has(&shown, "it has no video or render group: mode 0666");
     assert!(!conf(&host, 606).contains("gid="));
+}
+
+/// `--gpu` and `--replace-raw` belong to `--passthrough`, which is no
+/// hook registration: the flags of that are refused with it (exit 2).
+#[test]
+fn passthrough_flags_go_together_and_alone() {
+    let host = FakeHost::new();
+    for args in [
+        &["enable", "--gpu", "0", "101"][..],
+        &["enable", "--replace-raw", "101"],
+        &["enable", "--passthrough", "--chain", "101"],
+        &["enable", "--passthrough", "--now", "101"],
+        &["disable", "--passthrough", "--untag", "101"],
+        &["enable", "--passthrough", "--gpu", "0,x", "101"],
+    ] {
+        let out = host.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
 }

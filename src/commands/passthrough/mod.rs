@@ -225,6 +225,12 @@ fn enable_one(
         &plan,
         Some((&now, &now_pending)),
     );
+    if !now.hookscript().is_some_and(crate::snippet::is_ours) {
+        say(
+            vmid,
+            &format!("the hook is not registered: `pve-nvidia-hook enable {vmid}` keeps its NVIDIA driver at the host's version"),
+        );
+    }
     Ok(())
 }
 
