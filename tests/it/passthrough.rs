@@ -403,3 +403,37 @@ fn passthrough_flags_go_together_and_alone() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
     }
 }
+
+/// A run that fails (Proxmox refuses a locked container) loses nothing of
+/// what was ours: entries it was to change keep their recorded values
+/// while the config holds them, and disable takes them back later.
+#[test]
+#[ignore = "needs root (mknod); `make test` as root runs it"]
+fn a_failed_change_keeps_what_was_ours_recorded() {
+    let host = gpu_host("6.0.6");
+    let root = host.container(607, "arch: amd64\nostype: debian\n");
+    ok(&host.run(&["enable", "--passthrough", "--gpu", "0", "607"]));
+    let ours = conf(&host, 607);
+    assert!(ours.contains("dev0: /dev/nvidia0,mode=0666\n"), "{ours}");
+    // Now it has a video group: a change of each of ours, refused, as the
+    // container is locked by a backup.
+    write(&root.join("etc/group"), "video:x:44:\n");
+    write(
+        &host.path().join("pve/lxc/607.conf"),
+        ours.replacen("arch: amd64\n", "arch: amd64\nlock: backup\n", 1),
+    );
+    let out = host.run(&["enable", "--passthrough", "--gpu", "0", "607"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    has(
+        &String::from_utf8_lossy(&out.stderr),
+        "CT is locked (backup)",
+    );
+    write(&host.path().join("pve/lxc/607.conf"), &ours);
+    host.stop(607);
+    let shown = ok(&host.run(&["disable", "--passthrough", "607"]));
+    has(
+        &shown,
+        "ran: pct set 607 --delete dev0,dev1,dev2,dev3,dev4\n",
+    );
+    assert_eq!(conf(&host, 607), "arch: amd64\nostype: debian\n");
+}

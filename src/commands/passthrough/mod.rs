@@ -188,10 +188,16 @@ fn enable_one(
         return Ok(());
     }
     // Recorded before it is written: a run cut short leaves nothing of
-    // ours unknown to `disable --passthrough`.
+    // ours unknown to `disable --passthrough`. An entry of ours being
+    // changed keeps its old value here until the new one has landed.
     let mut intent = record.clone().unwrap_or_default();
     intent.vmid = vmid.get();
-    intent.devices.extend(plan.record.devices.clone());
+    for (key, value) in &plan.record.devices {
+        intent
+            .devices
+            .entry(key.clone())
+            .or_insert_with(|| value.clone());
+    }
     intent.raw.extend(plan.add.iter().cloned());
     records.put(&stamped(&intent))?;
     let applied = (|| {
