@@ -47,9 +47,11 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show each container's NVIDIA state.
     Status(StatusArgs),
-    /// Register the hook on containers (snippet, hookscript, tag).
+    /// Register the hook on containers (snippet, hookscript, tag); with
+    /// --passthrough, give them the host's GPU as Proxmox's devN entries.
     Enable(EnableArgs),
-    /// Unregister the hook, restoring a chained hookscript.
+    /// Unregister the hook, restoring a chained hookscript; with
+    /// --passthrough, take back what `enable --passthrough` wrote.
     Disable(DisableArgs),
     /// Explain why a GPU is or is not usable in a container.
     Doctor(DoctorArgs),
