@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::passthrough::Gpus;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
@@ -47,9 +48,11 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show each container's NVIDIA state.
     Status(StatusArgs),
-    /// Register the hook on containers (snippet, hookscript, tag).
+    /// Register the hook on containers (snippet, hookscript, tag); with
+    /// --passthrough, give them the host's GPU as Proxmox's devN entries.
     Enable(EnableArgs),
-    /// Unregister the hook, restoring a chained hookscript.
+    /// Unregister the hook, restoring a chained hookscript; with
+    /// --passthrough, take back what `enable --passthrough` wrote.
     Disable(DisableArgs),
     /// Explain why a GPU is or is not usable in a container.
     Doctor(DoctorArgs),
@@ -205,6 +208,18 @@ pub struct EnableArgs {
     /// Print the commands and file changes without making them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Instead: pass the host's NVIDIA device nodes to the containers as
+    /// Proxmox's devN entries (raw lxc lines before PVE 8.1), to their
+    /// video group or with a mode that lets their users open them.
+    #[arg(long, conflicts_with_all = ["storage", "no_tag", "chain", "now"])]
+    pub passthrough: bool,
+    /// With --passthrough: the GPUs, by number as in /dev/nvidia<N> [default: all].
+    #[arg(long, value_name = "0,1|all", requires = "passthrough")]
+    pub gpu: Option<Gpus>,
+    /// With --passthrough: remove the raw lxc.mount.entry and
+    /// lxc.cgroup*.devices.allow lines for the nodes the devN entries pass.
+    #[arg(long, requires = "passthrough")]
+    pub replace_raw: bool,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +232,9 @@ pub struct DisableArgs {
     /// Print the commands without running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Instead: remove what `enable --passthrough` wrote, and nothing else.
+    #[arg(long, conflicts_with = "untag")]
+    pub passthrough: bool,
 }
 
 #[derive(Debug, Args)]

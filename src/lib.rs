@@ -21,6 +21,7 @@ pub mod host;
 pub mod kernels;
 pub mod logging;
 pub mod notify;
+pub mod passthrough;
 pub mod pct_config;
 pub mod pipeline;
 pub mod process;
@@ -57,7 +58,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Install(args)) => commands::install::run(cli.config.as_deref(), &args),
         Some(Command::Verify(args)) => commands::verify::run(cli.config.as_deref(), args.vmid),
         Some(Command::Status(args)) => commands::status::run(cli.config.as_deref(), &args),
+        Some(Command::Enable(args)) if args.passthrough => {
+            commands::passthrough::enable(cli.config.as_deref(), &args)
+        }
         Some(Command::Enable(args)) => commands::enable::enable(cli.config.as_deref(), &args),
+        Some(Command::Disable(args)) if args.passthrough => {
+            commands::passthrough::disable(cli.config.as_deref(), &args)
+        }
         Some(Command::Disable(args)) => commands::enable::disable(cli.config.as_deref(), &args),
         Some(Command::Doctor(args)) => commands::doctor::run(cli.config.as_deref(), &args),
         Some(Command::Prefetch(args)) => commands::prefetch::run(cli.config.as_deref(), &args),

@@ -427,7 +427,7 @@ fn place_snippet(path: &Path, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-fn pct(vmid: Vmid, set: &[String], dry_run: bool) -> Result<()> {
+pub(super) fn pct(vmid: Vmid, set: &[String], dry_run: bool) -> Result<()> {
     let mut argv = vec!["set".to_string(), vmid.to_string()];
     argv.extend(set.iter().cloned());
     let shown = format!("pct {}", argv.join(" "));

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod enable;
 pub mod hook;
 pub mod install;
+pub mod passthrough;
 pub mod prefetch;
 pub mod status;
 pub mod sync;

@@ -125,6 +125,22 @@ impl Kernel {
         &self.caps
     }
 
+    /// The capability files of the MIG instances of the GPU with this
+    /// minor (`gpu<minor>/mig/gi<N>/access`, `.../ci<M>/access`): none
+    /// when it is not in MIG mode or has no instance.
+    pub fn mig_capabilities(&self, minor: u32) -> usize {
+        let gpu = format!("gpu{minor}");
+        self.caps
+            .iter()
+            .filter(|c| {
+                let parts: Vec<&str> = c.proc_file.iter().filter_map(|p| p.to_str()).collect();
+                parts
+                    .windows(3)
+                    .any(|w| w[0] == gpu && w[1] == "mig" && w[2].starts_with("gi"))
+            })
+            .count()
+    }
+
     /// Every node NVIDIA's tools would make now, with their modes and
     /// owners: `nvidia<N>` per GPU and `nvidiactl` (and `nvidia-modeset`
     /// once its module is loaded) at major 195 with the driver's params;
@@ -132,6 +148,17 @@ impl Kernel {
     /// `nvidia-caps/nvidia-cap<M>` with each capability's own mode. Nodes
     /// whose params forbid changes are not listed: they are the system's.
     pub fn nodes(&self) -> Vec<Node> {
+        self.listed(false)
+    }
+
+    /// Every node the loaded modules offer, with the numbers they have
+    /// now, whoever makes them (`ModifyDeviceFiles: 0` leaves them to the
+    /// system): what a container may be given.
+    pub fn offered(&self) -> Vec<Node> {
+        self.listed(true)
+    }
+
+    fn listed(&self, systems_too: bool) -> Vec<Node> {
         let mut nodes = Vec::new();
         if !self.nvidia {
             return nodes;
@@ -145,7 +172,7 @@ impl Kernel {
             gid: p.gid,
         };
         let params = self.params.unwrap_or(DEFAULT_PARAMS);
-        if params.modify {
+        if params.modify || systems_too {
             for &minor in &self.gpu_minors {
                 nodes.push(node(format!("nvidia{minor}"), NVIDIA_MAJOR, minor, params));
             }
@@ -165,7 +192,7 @@ impl Kernel {
             nodes.push(node("nvidia-uvm-tools".into(), uvm, 1, DEFAULT_PARAMS));
         }
         if let Some(major) = self.major("nvidia-caps") {
-            for cap in self.caps.iter().filter(|c| c.params.modify) {
+            for cap in self.caps.iter().filter(|c| c.params.modify || systems_too) {
                 nodes.push(node(
                     format!("nvidia-caps/nvidia-cap{}", cap.minor),
                     major,
@@ -364,6 +391,11 @@ mod tests {
             ["nvidia-uvm", "nvidia-uvm-tools", "nvidia-caps/nvidia-cap1"],
             "ModifyDeviceFiles: 0 leaves nvidia<N> and nvidiactl to the system"
         );
+        assert_eq!(
+            k.offered().len(),
+            6,
+            "but they are offered, to pass to containers"
+        );
         let k = Kernel {
             majors: vec![(195, "nvidia".into())],
             ..kernel()
@@ -402,6 +434,7 @@ mod tests {
         assert_eq!(k.caps().len(), 1);
         assert_eq!(k.caps()[0].minor, 12);
         assert_eq!(k.caps()[0].params.mode, 0o444);
+        assert_eq!((k.mig_capabilities(0), k.mig_capabilities(1)), (1, 0));
         assert!(!k.nvidia, "no <sys>/module/nvidia/version");
         std::fs::create_dir_all(d.join("sys/module/nvidia")).unwrap();
         std::fs::write(d.join("sys/module/nvidia/version"), "550.54.14\n").unwrap();

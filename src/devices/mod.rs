@@ -9,8 +9,12 @@
 //! where it exists, else itself from what [`kernel`] reads, with NVIDIA's
 //! modes and owners. A host without NVIDIA's module is left alone.
 
+pub mod cgroup;
 mod kernel;
 mod make;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 
 pub use kernel::Kernel;
 pub use make::{make_nodes, Did, Made};
@@ -44,15 +48,71 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Without it a container cannot use the GPU: [`is_required`].
+    pub fn required(&self) -> bool {
+        is_required(&self.name)
+    }
+}
+
+/// The NVIDIA character devices in `dev` now (and in `dev/nvidia-caps`),
+/// sorted by name, with their numbers, modes and owners.
+pub fn present(dev: &Path) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut visit = |dir: &Path, prefix: &str| {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if (prefix.is_empty() && !name.starts_with("nvidia"))
+                || !meta.file_type().is_char_device()
+            {
+                continue;
+            }
+            nodes.push(Node {
+                name: format!("{prefix}{name}"),
+                major: rustix::fs::major(meta.rdev()),
+                minor: rustix::fs::minor(meta.rdev()),
+                mode: meta.mode() & 0o777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+        }
+    };
+    visit(dev, "");
+    visit(&dev.join("nvidia-caps"), "nvidia-caps/");
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
+}
+
+/// `systemctl is-enabled` of [`UNIT`] (it reads the unit files; no running
+/// systemd is asked): what it prints, empty when the unit is not
+/// installed; None without systemctl.
+pub fn unit_state() -> Option<anyhow::Result<String>> {
+    let systemctl = crate::process::find_program("systemctl")?;
+    Some(
+        crate::process::run(
+            &systemctl,
+            &["is-enabled", UNIT],
+            crate::process::Limits::quick(std::time::Duration::from_secs(10)),
+        )
+        .map(|out| out.stdout_text().trim().to_string()),
+    )
+}
+
 /// Without these a container cannot use the GPU (`nvidia-uvm`: not CUDA);
 /// the others (`nvidia-uvm-tools`, `nvidia-modeset`, `nvidia-caps/*`)
 /// serve profilers, display and MIG.
 pub fn is_required(name: &str) -> bool {
-    name == "nvidiactl"
-        || name == "nvidia-uvm"
-        || name
-            .strip_prefix("nvidia")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name == "nvidiactl" || name == "nvidia-uvm" || is_gpu(name)
+}
+
+/// A GPU's own node, `nvidia<minor>`.
+pub fn is_gpu(name: &str) -> bool {
+    name.strip_prefix("nvidia")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@
 //!   duplicates wins).
 
 mod device;
+mod edit;
 
 pub use device::Device;
+pub use edit::{edit_current, Edit, RawLine};
 
 /// Proxmox's cluster file system refuses files over 1 MiB, so a larger file
 /// is not a real config and is not read further.
@@ -112,6 +114,17 @@ impl PctConfig {
         })
     }
 
+    /// The raw `lxc.*` lines, in order.
+    pub fn raw_lines(&self) -> Vec<RawLine> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Lxc { key, value } => Some(RawLine::new(key, value)),
+                Entry::Key { .. } => None,
+            })
+            .collect()
+    }
+
     /// `tags: a;b c,d`, as written (their case kept: a cluster whose
     /// `tag-style` is case-sensitive keeps it).
     pub fn raw_tags(&self) -> Vec<String> {
@@ -186,7 +199,7 @@ impl PctConfig {
             [IdKind::User, IdKind::Group]
                 .map(|kind| IdRange {
                     kind,
-                    inside: 0,
+                    container: 0,
                     host: 100_000,
                     count: 65_536,
                 })
@@ -237,6 +250,26 @@ impl PctConfig {
     }
 }
 
+/// The `[pve:pending]` section of a config text, parsed as the current
+/// config is: the changes `pct set` could not apply to a running
+/// container (they take effect at its next start).
+pub fn parse_pending(text: &str) -> PctConfig {
+    let mut lines = text.split('\n');
+    let found = lines.by_ref().any(|raw| {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        is_section_header(line) && is_pending_header(line)
+    });
+    if !found {
+        return PctConfig::default();
+    }
+    PctConfig::parse(&lines.collect::<Vec<_>>().join("\n"))
+}
+
+fn is_pending_header(line: &str) -> bool {
+    line.trim_end_matches(|c: char| c.is_ascii_whitespace())
+        .eq_ignore_ascii_case("[pve:pending]")
+}
+
 /// `^\[pve:pending\]\s*$`i or `^\[([a-z][a-z0-9_\-]+)\]\s*$`i.
 fn is_section_header(line: &str) -> bool {
     let Some(name) = line
@@ -246,7 +279,7 @@ fn is_section_header(line: &str) -> bool {
     else {
         return false;
     };
-    name.eq_ignore_ascii_case("pve:pending")
+    is_pending_header(line)
         || (name.len() >= 2
             && name.starts_with(|c: char| c.is_ascii_alphabetic())
             && name
@@ -346,12 +379,12 @@ pub enum IdKind {
     Group,
 }
 
-/// One range of an id mapping: `u 0 100000 65536` maps the container's
-/// uids 0.. onto the host's 100000.., 65536 of them.
+/// One `lxc.idmap` range: `u 0 100000 65536` maps the container's uids
+/// from 0 onto the host's from 100000, 65536 of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     pub kind: IdKind,
-    pub inside: u32,
+    pub container: u32,
     pub host: u32,
     pub count: u32,
 }
@@ -366,22 +399,36 @@ impl IdRange {
         };
         Some(IdRange {
             kind,
-            inside: words.next()?.parse().ok()?,
+            container: words.next()?.parse().ok()?,
             host: words.next()?.parse().ok()?,
             count: words.next()?.parse().ok()?,
         })
     }
 }
 
-/// A host id as the container sees it through `map`: itself without a
-/// mapping; None when it is outside every range (it shows as nobody).
-pub fn id_inside(map: &[IdRange], kind: IdKind, host: u32) -> Option<u32> {
+/// A host id as the container sees it through its idmap: None outside
+/// every range (it shows as nobody); as is for a privileged container.
+pub fn host_to_container(map: &[IdRange], kind: IdKind, host: u32) -> Option<u32> {
     if map.is_empty() {
         return Some(host);
     }
     map.iter()
         .find(|r| r.kind == kind && (r.host..r.host.saturating_add(r.count)).contains(&host))
-        .and_then(|r| r.inside.checked_add(host - r.host))
+        .and_then(|r| r.container.checked_add(host - r.host))
+}
+
+/// A container's id on the host, as `map_ct_id_to_host` maps it: None
+/// outside every range, where Proxmox would use the id unmapped (a host
+/// id, which no one in the container holds); as is for a privileged one.
+pub fn container_to_host(map: &[IdRange], kind: IdKind, id: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(id);
+    }
+    map.iter()
+        .find(|r| {
+            r.kind == kind && (r.container..r.container.saturating_add(r.count)).contains(&id)
+        })
+        .and_then(|r| r.host.checked_add(id - r.container))
 }
 
 #[cfg(test)]
@@ -505,6 +552,28 @@ snaptime: 1700000000
         let devices = c.devices();
         assert_eq!(devices.len(), 1);
         assert!(devices[0].1.as_ref().unwrap_err().contains("0[0-7]{3}"));
+    }
+
+    #[test]
+    fn the_pending_section_and_idmaps_as_proxmox_reads_them() {
+        let text = "dev0: /dev/nvidia0\nunprivileged: 1\n\n[PVE:pending]\ndev1: /dev/nvidiactl,mode=0666\ndelete: dev0\n[snap1]\ndev2: /dev/nvidia1\n";
+        let pending = parse_pending(text);
+        assert_eq!(pending.get("dev1"), Some("/dev/nvidiactl,mode=0666"));
+        assert_eq!(pending.get("delete"), Some("dev0"));
+        assert_eq!(pending.get("dev2"), None, "a snapshot is not pending");
+        assert_eq!(parse_pending("dev0: /dev/nvidia0\n"), PctConfig::default());
+        let map = PctConfig::parse(text).idmap();
+        assert_eq!(container_to_host(&map, IdKind::Group, 44), Some(100_044));
+        assert_eq!(container_to_host(&map, IdKind::Group, 70_000), None);
+        assert_eq!(host_to_container(&map, IdKind::Group, 100_044), Some(44));
+        assert_eq!(host_to_container(&map, IdKind::User, 0), None);
+        let privileged = PctConfig::parse("arch: amd64\n").idmap();
+        assert!(privileged.is_empty());
+        assert_eq!(container_to_host(&privileged, IdKind::Group, 44), Some(44));
+        let custom =
+            PctConfig::parse("lxc.idmap: g 0 200000 1000\nlxc.idmap: g 1000 1000 1\n").idmap();
+        assert_eq!(container_to_host(&custom, IdKind::Group, 1000), Some(1000));
+        assert_eq!(container_to_host(&custom, IdKind::Group, 1001), None);
     }
 
     #[test]

@@ -145,6 +145,29 @@ impl Locks {
     }
 }
 
+/// A container's config lock as Proxmox takes it (pve-guest-common's
+/// `lock_config`: an flock on `<dir>/pve-config-<vmid>.lock`, given up
+/// after 10 s), for a change `pct set` cannot make.
+pub fn config_lock(dir: &Path, vmid: Vmid) -> Result<Held> {
+    let name = format!("pve-config-{vmid}.lock");
+    let fd = open_lock(dir, &name)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Held { _fd: fd }),
+            Err(Errno::WOULDBLOCK | Errno::INTR) if std::time::Instant::now() < deadline => {}
+            Err(Errno::WOULDBLOCK | Errno::INTR) => bail!(
+                "can't lock file '{}' - got timeout",
+                dir.join(&name).display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("locking {}", dir.join(&name).display()))
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The pid holding an exclusive `flock` on the file (`major:minor:inode`)
 /// in the text of `/proc/locks`: `1: FLOCK  ADVISORY  WRITE 4711 fd:01:1234 0 EOF`
 /// (waiters are the lines with `->`).

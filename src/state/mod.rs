@@ -8,7 +8,7 @@ mod slots;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use locks::{Held, Locks};
+pub use locks::{config_lock, Held, Locks};
 pub use results::{LastResult, Prefetched, Results};
 pub use slots::Slot;
 

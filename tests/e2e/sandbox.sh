@@ -42,6 +42,11 @@
 #                                           lxc.idmap lines alone, no `unprivileged: 1`),
 #                                           raw=FILE (its `lxc.key = value` lines added to
 #                                           both configs, in Proxmox's as `lxc.key: value`)
+#   sandbox.sh restart VMID WORK            stops it and starts it as Proxmox does after a
+#                                           config change: its pending changes applied (WORK/bin/pct
+#                                           start), the nodes of the devN entries of
+#                                           WORK/pve/lxc/VMID.conf made and bound in (see `up`'s
+#                                           dev), those of earlier starts gone
 #   sandbox.sh down VMID                    stops and destroys it
 #   sandbox.sh restart VMID                 stops and starts it again as a reboot from
 #                                           inside does: no Proxmox hook phase runs
@@ -453,6 +458,54 @@ up() {
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
 
+# A start as Proxmox makes it after a config change: the nodes of the devN
+# entries of the current config (above any [section]) made as pve-container's
+# create_passthrough_device_node makes them (mode 0660 unless mode=; owned
+# by the container's uid/gid 0 unless uid=/gid=, which are the container's
+# ids, mapped through its idmap) and bound in, replacing the binds of earlier
+# starts. The sandbox's GPU "nodes" are files (their content is the stand-in
+# node's, where there is one).
+restart() {
+    local vmid=$1 work=$2 dir conf passthrough offset=0 line value o path mode uid gid n
+    dir="$lxcpath/$vmid"
+    conf="$work/pve/lxc/$vmid.conf"
+    passthrough="$work/passthrough/$vmid"
+    lxc-stop -n "$vmid" -k 2>/dev/null || true
+    # vm_start applies the pending changes first.
+    "$work/bin/pct" start "$vmid"
+    if sed '/^\[/q' "$conf" | grep -qE '^(unprivileged: 1|lxc\.idmap)'; then
+        offset=100000
+    fi
+    rm -rf "$passthrough"
+    mkdir -p "$passthrough"
+    grep -vF " = $passthrough/" "$dir/config" > "$dir/config.new" || true
+    while IFS= read -r line; do
+        case "$line" in dev[0-9]*:\ *) ;; *) continue ;; esac
+        value=${line#*: }
+        path= mode=0660 uid=0 gid=0
+        IFS=, read -ra opts <<< "$value"
+        for o in "${opts[@]}"; do
+            case "$o" in
+                path=*) path=${o#path=} ;;
+                mode=*) mode=${o#mode=} ;;
+                uid=*) uid=${o#uid=} ;;
+                gid=*) gid=${o#gid=} ;;
+                deny-write=*) ;;
+                *) path=$o ;;
+            esac
+        done
+        n=${path#/dev/}
+        mkdir -p "$(dirname "$passthrough/$n")"
+        if [ -f "$work/dev/$n" ]; then cp "$work/dev/$n" "$passthrough/$n"; else : > "$passthrough/$n"; fi
+        chmod "$mode" "$passthrough/$n"
+        chown "$((uid + offset)):$((gid + offset))" "$passthrough/$n"
+        echo "lxc.mount.entry = $passthrough/$n dev/$n none bind,create=file" >> "$dir/config.new"
+    done < <(sed '/^\[/q' "$conf")
+    mv "$dir/config.new" "$dir/config"
+    lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
+    lxc-wait -n "$vmid" -s RUNNING -t 30
+}
+
 # Root's subordinate ids as Proxmox gives them: lxc-pve's postinst runs
 # `usermod -v 100000-165535 -w 100000-165535 root`. Where newuidmap exists
 # (uidmap: lxc recommends it, lxc-pve depends on it), LXC maps an
@@ -616,6 +669,7 @@ case "$cmd" in
     host-version) host_version "$@" ;;
     stub-lib) stub_lib "$@" ;;
     up) up "$@" ;;
+    restart) restart "$@" ;;
     down) down "$@" ;;
     restart) restart "$@" ;;
     umount) umount "$lxcpath/$1/rootfs" ;;

@@ -162,9 +162,18 @@ fn passthrough_check(
     scope: &str,
 ) {
     let vmid = target.vmid;
+    // One GPU is enough: a container given some of the host's GPUs
+    // (`enable --passthrough --gpu 0`) is one admin's choice.
+    let is_gpu = |n: &Node| crate::devices::is_gpu(&n.name);
+    let a_gpu = nodes.iter().any(|n| is_gpu(n) && passed.contains(n));
     let missing: Vec<&Node> = nodes
         .iter()
-        .filter(|n| n.required() && !passed.contains(n))
+        .filter(|n| n.required() && !passed.contains(n) && !(a_gpu && is_gpu(n)))
+        .collect();
+    let others: Vec<&str> = nodes
+        .iter()
+        .filter(|n| is_gpu(n) && !passed.contains(n))
+        .map(|n| n.name.as_str())
         .collect();
     if nodes.is_empty() {
         report.add(
@@ -174,12 +183,23 @@ fn passthrough_check(
             "the host has no NVIDIA device nodes to compare with",
             None,
         );
-    } else if missing.is_empty() {
+    } else if missing.is_empty() && others.is_empty() {
         report.add(
             scope,
             "passthrough",
             Level::Ok,
             "every NVIDIA node of the host is passed",
+            None,
+        );
+    } else if missing.is_empty() {
+        report.add(
+            scope,
+            "passthrough",
+            Level::Ok,
+            format!(
+                "the nodes its GPUs need are passed (not the host's other GPUs: {})",
+                others.join(", ")
+            ),
             None,
         );
     } else {

@@ -1,14 +1,11 @@
 //! The host: its kernel module, its NVIDIA device nodes against what the
 //! loaded modules offer, and the unit that makes them at boot.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::time::Duration;
 
 use super::{Level, Report};
 use crate::context::Ctx;
 use crate::devices::{is_required, Kernel, UNIT};
-use crate::process::{self, Limits};
 use crate::version::DriverVersion;
 
 /// What makes the nodes now, and at every boot.
@@ -19,21 +16,7 @@ fn make_them() -> Option<String> {
 }
 
 /// A host device node of the NVIDIA driver.
-pub(super) struct Node {
-    pub(super) name: String,
-    pub(super) major: u32,
-    pub(super) minor: u32,
-    pub(super) mode: u32,
-    pub(super) uid: u32,
-    pub(super) gid: u32,
-}
-
-impl Node {
-    /// Without these a container cannot use the GPU (uvm: not CUDA).
-    pub(super) fn required(&self) -> bool {
-        crate::devices::is_required(&self.name)
-    }
-}
+pub(super) use crate::devices::Node;
 
 pub(super) fn checks(ctx: &Ctx, nodes: &[Node], report: &mut Report) -> Option<DriverVersion> {
     let version = match ctx.host.driver_version() {
@@ -145,7 +128,7 @@ fn against_the_modules(ctx: &Ctx, nodes: &[Node], report: &mut Report) {
 /// `systemctl is-enabled` says (it reads the unit files; no running
 /// systemd is asked).
 fn boot_unit(report: &mut Report) {
-    let Some(systemctl) = process::find_program("systemctl") else {
+    let Some(state) = crate::devices::unit_state() else {
         report.add(
             "host",
             "boot unit",
@@ -155,12 +138,6 @@ fn boot_unit(report: &mut Report) {
         );
         return;
     };
-    let state = process::run(
-        &systemctl,
-        &["is-enabled", UNIT],
-        Limits::quick(Duration::from_secs(10)),
-    )
-    .map(|out| out.stdout_text().trim().to_string());
     let (level, detail, fix) = match state.as_deref() {
         Ok("enabled") => (
             Level::Ok,
@@ -190,31 +167,5 @@ fn boot_unit(report: &mut Report) {
 }
 
 pub(super) fn nodes(dev: &Path) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    let mut visit = |dir: &Path, prefix: &str| {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = entry.metadata() else { continue };
-            if (prefix.is_empty() && !name.starts_with("nvidia"))
-                || !meta.file_type().is_char_device()
-            {
-                continue;
-            }
-            nodes.push(Node {
-                name: format!("{prefix}{name}"),
-                major: rustix::fs::major(meta.rdev()),
-                minor: rustix::fs::minor(meta.rdev()),
-                mode: meta.mode() & 0o777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            });
-        }
-    };
-    visit(dev, "");
-    visit(&dev.join("nvidia-caps"), "nvidia-caps/");
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    nodes
+    crate::devices::present(dev)
 }

@@ -6,15 +6,17 @@ use super::access::{need, Passed};
 use super::cgroup::{READ, WRITE};
 use super::host::Node;
 use super::{Level, Report};
-use crate::pct_config::{id_inside, IdKind, PctConfig};
+use crate::pct_config::{host_to_container as inside, IdKind, PctConfig};
 use crate::vmid::Vmid;
 
-/// Who may open a node in the container: its root, and a service running
-/// as another user (ollama, plex, jellyfin).
+/// Who may open a node in the container: its root, a service running as
+/// another user (ollama, plex, jellyfin), and the members of the node's
+/// group when that is another than root's (`gid=` of a `video` group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Access {
     pub root: bool,
     pub services: bool,
+    pub group: Option<u32>,
 }
 
 /// A node's owner and mode as the container sees them.
@@ -43,6 +45,7 @@ pub(super) fn access(node: Owned, need: u8) -> Access {
     Access {
         root,
         services: bits(0),
+        group: node.gid.filter(|&g| g != 0 && bits(3)),
     }
 }
 
@@ -63,6 +66,7 @@ pub(super) fn checks(
     let map = pct.idmap();
     let mut root_blocked = Vec::new();
     let mut services_blocked = Vec::new();
+    let mut group_only = Vec::new();
     let mut fixes = Vec::new();
     for node in nodes.iter().filter(|n| passed.contains(n)) {
         let path = format!("/dev/{}", node.name);
@@ -81,8 +85,8 @@ pub(super) fn checks(
             ),
             None => (
                 Owned {
-                    uid: id_inside(&map, IdKind::User, node.uid),
-                    gid: id_inside(&map, IdKind::Group, node.gid),
+                    uid: inside(&map, IdKind::User, node.uid),
+                    gid: inside(&map, IdKind::Group, node.gid),
                     mode: node.mode,
                 },
                 format!(
@@ -95,6 +99,8 @@ pub(super) fn checks(
         if !can.root {
             root_blocked.push(node.name.clone());
             fixes.push(fix);
+        } else if let (false, Some(gid)) = (can.services, can.group) {
+            group_only.push(format!("{} (group {gid})", node.name));
         } else if !can.services {
             services_blocked.push(node.name.clone());
             fixes.push(fix);
@@ -124,6 +130,19 @@ pub(super) fn checks(
             ),
             Some(fixes.join("; ")),
         );
+    } else if !group_only.is_empty() {
+        // The admin gave the nodes to a group of the container's: its
+        // members can open them, which is the point.
+        report.add(
+            scope,
+            "device access",
+            Level::Ok,
+            format!(
+                "{who} and the members of the container's group can open the passed nodes: {} (other users cannot: add a service's user to that group)",
+                group_only.join(", ")
+            ),
+            None,
+        );
     } else if nodes.iter().any(|n| passed.contains(n)) {
         report.add(
             scope,
@@ -152,22 +171,24 @@ mod tests {
             access(dev(0o660), rw),
             Access {
                 root: true,
-                services: false
+                services: false,
+                group: None
             }
         );
         assert_eq!(
             access(dev(0o666), rw),
             Access {
                 root: true,
-                services: true
+                services: true,
+                group: None
             }
         );
         // A host node bound into an unprivileged container: host root is
         // nobody there, only the mode's last digit counts.
         let map = PctConfig::parse("unprivileged: 1\n").idmap();
         let bound = |mode| Owned {
-            uid: id_inside(&map, IdKind::User, 0),
-            gid: id_inside(&map, IdKind::Group, 0),
+            uid: inside(&map, IdKind::User, 0),
+            gid: inside(&map, IdKind::Group, 0),
             mode,
         };
         assert_eq!(bound(0o660).uid, None);
@@ -175,14 +196,16 @@ mod tests {
             access(bound(0o660), rw),
             Access {
                 root: false,
-                services: false
+                services: false,
+                group: None
             }
         );
         assert_eq!(
             access(bound(0o666), rw),
             Access {
                 root: true,
-                services: true
+                services: true,
+                group: None
             }
         );
         // nvidia-caps nodes are read-only by design: 0444 is all they need.
@@ -190,24 +213,39 @@ mod tests {
             access(bound(0o444), READ),
             Access {
                 root: true,
-                services: true
+                services: true,
+                group: None
             }
         );
         assert!(!access(bound(0o444), rw).root);
         // Privileged: host root is container root.
         let privileged = Owned {
-            uid: id_inside(&[], IdKind::User, 0),
-            gid: id_inside(&[], IdKind::Group, 0),
+            uid: inside(&[], IdKind::User, 0),
+            gid: inside(&[], IdKind::Group, 0),
             mode: 0o660,
         };
         assert_eq!(
             access(privileged, rw),
             Access {
                 root: true,
-                services: false
+                services: false,
+                group: None
             }
         );
-        assert_eq!(id_inside(&map, IdKind::User, 100_044), Some(44));
+        assert_eq!(inside(&map, IdKind::User, 100_044), Some(44));
+        // devN with gid= of the container's video group: its members too.
+        let video = |mode| Owned {
+            uid: Some(0),
+            gid: Some(44),
+            mode,
+        };
+        assert_eq!(access(video(0o660), rw).group, Some(44));
+        assert!(!access(video(0o660), rw).services);
+        assert_eq!(
+            access(video(0o640), rw).group,
+            None,
+            "read-only for the group"
+        );
     }
 
     /// Issue 15.2: a custom `lxc.idmap` makes a container unprivileged for
@@ -222,11 +260,11 @@ mod tests {
             (IdKind::User, 200_000, IdKind::Group)
         );
         assert_eq!(
-            id_inside(&map, IdKind::User, 0),
+            inside(&map, IdKind::User, 0),
             None,
             "host root is nobody inside"
         );
-        assert_eq!(id_inside(&map, IdKind::Group, 200_044), Some(44));
+        assert_eq!(inside(&map, IdKind::Group, 200_044), Some(44));
         assert!(PctConfig::parse("unprivileged: 0\n").idmap().is_empty());
         assert_eq!(PctConfig::parse("unprivileged: 1\n").idmap().len(), 2);
     }

@@ -90,15 +90,6 @@ pub(super) fn checks(
             Some(format!("write them as: {}", dead.join("; "))),
         );
     }
-    if layout == Layout::Legacy && !passed.devices.is_empty() {
-        report.add(
-            scope,
-            "cgroup keys",
-            Level::Warn,
-            "Proxmox writes a devN's device rule as an lxc.cgroup2 line, which LXC ignores on this host's cgroup v1 layout",
-            None,
-        );
-    }
     let rules = rules(pct, passed, nodes, layout);
     let blocked: Vec<&Node> = nodes
         .iter()
@@ -112,6 +103,17 @@ pub(super) fn checks(
             !cgroup::allows(layout, &rules, req)
         })
         .collect();
+    // On v1, a devN node is open only through lines of the config's own
+    // (as `enable --passthrough` adds them): said where one is missing.
+    if layout == Layout::Legacy && blocked.iter().any(|n| passed.device(n).is_some()) {
+        report.add(
+            scope,
+            "cgroup keys",
+            Level::Warn,
+            "Proxmox writes a devN's device rule as an lxc.cgroup2 line, which LXC ignores on this host's cgroup v1 layout",
+            None,
+        );
+    }
     if blocked.is_empty() {
         if nodes.iter().any(|n| passed.contains(n)) {
             report.add(
