@@ -32,7 +32,7 @@ fn run(sb: &Sandbox, args: &[&str]) -> Output {
 fn shown(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(0), "{}", text(out));
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    // The transcript in the README comes from here (--nocapture).
+    // The transcript in docs/COMMANDS.md comes from here (--nocapture).
     eprintln!("{shown}");
     shown
 }
@@ -42,7 +42,7 @@ fn has(shown: &str, wanted: &str) {
 }
 
 /// Whether `user` opens every node read-write in the container, as CUDA
-/// opens them (shown for the README's transcript).
+/// opens them (shown for the transcript in docs/COMMANDS.md).
 fn opens(sb: &Sandbox, vmid: u32, user: &str) -> bool {
     let script = "for n in nvidia0 nvidiactl nvidia-uvm nvidia-uvm-tools; do exec 3<>/dev/$n || exit 1; exec 3>&-; done; echo opened all four";
     let out = sb.inside(vmid, &["su", "-s", "/bin/sh", user, "-c", script]);
