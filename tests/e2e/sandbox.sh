@@ -48,7 +48,7 @@
 #                                           WORK/pve/lxc/VMID.conf made and bound in (see `up`'s
 #                                           dev), those of earlier starts gone
 #   sandbox.sh down VMID                    stops and destroys it
-#   sandbox.sh restart VMID                 stops and starts it again as a reboot from
+#   sandbox.sh reboot-inside VMID           stops and starts it again as a reboot from
 #                                           inside does: no Proxmox hook phase runs
 #   sandbox.sh umount VMID                  unmounts a stopped container's volume (fails
 #                                           while anything still holds it)
@@ -639,7 +639,7 @@ migrate() {
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
 
-restart() {
+reboot_inside() {
     local vmid=$1
     lxc-stop -n "$vmid" -k
     lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
@@ -670,8 +670,8 @@ case "$cmd" in
     stub-lib) stub_lib "$@" ;;
     up) up "$@" ;;
     restart) restart "$@" ;;
+    reboot-inside) reboot_inside "$@" ;;
     down) down "$@" ;;
-    restart) restart "$@" ;;
     umount) umount "$lxcpath/$1/rootfs" ;;
     subids) subids "$@" ;;
     proxmox-stand-ins) proxmox_stand_ins "$@" ;;

@@ -57,7 +57,7 @@ fn e2e_sync_brings_a_container_restarted_without_a_hook_to_the_host_driver() {
     // inside: no hook phase runs for either.
     sb.runfile(V2, "ok");
     sb.host_version(V2);
-    sh(&["restart", "9601"]);
+    sh(&["reboot-inside", "9601"]);
     assert_eq!(sb.state(9601), "mismatch");
     let out = sb.run(&["sync"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
