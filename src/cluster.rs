@@ -55,37 +55,83 @@ fn members(pve: &Path) -> Option<Vec<String>> {
     Some(members.nodelist?.into_keys().collect())
 }
 
-/// The nodes other than `this` on which `volume` (on `store`) does not
-/// exist, with why: a storage not configured for a node is not there (its
-/// `nodes` list); a shared one is the same everywhere else; a node-local
-/// one is asked through Proxmox's API, what that node's storage lists.
-pub fn nodes_lacking(
+/// Where `volume` (on `store`) stands on the nodes other than `this`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Nodes a start would abort on, each with why.
+    pub lacking: Vec<String>,
+    /// Nodes Proxmox's API cannot answer for.
+    pub unverified: Option<Unverified>,
+}
+
+/// Nodes whose copy cannot be checked the way Proxmox lists content, why,
+/// and the `pvesm set` that would let it be.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unverified {
+    pub nodes: Vec<String>,
+    pub storage: String,
+    pub why: String,
+    pub fix: String,
+}
+
+impl Unverified {
+    pub fn describe(&self, volume: &str) -> String {
+        format!(
+            "{volume} is unverified on {}: Proxmox's API lists no snippets of storage '{}' ({})",
+            self.nodes.join(", "),
+            self.storage,
+            self.why
+        )
+    }
+
+    pub fn remedy(&self) -> String {
+        format!(
+            "install pve-nvidia-hook on every node (its package places the snippet there); to let pve-nvidia-hook check it: {}",
+            self.fix
+        )
+    }
+}
+
+/// The volume on each other node: a storage not configured for a node is
+/// not there (its `nodes` list); a shared one is the same everywhere; a
+/// node-local one is asked through Proxmox's API, what that node's storage
+/// lists, unless the API lists none of its snippets (then unverified).
+pub fn presence(
     api: &Api,
     nodes: &[String],
     this: &str,
     store: &Storage,
     volume: &str,
-) -> Vec<String> {
-    nodes
-        .iter()
-        .filter(|n| *n != this)
-        .filter_map(|n| {
-            if !store.available_on(n) {
-                return Some(format!(
-                    "{n} (storage {} is not configured for it)",
-                    store.name
-                ));
-            }
-            if store.is_shared() {
-                return None;
-            }
+) -> Presence {
+    let mut presence = Presence::default();
+    let mut unverified = Vec::new();
+    for n in nodes.iter().filter(|n| *n != this) {
+        if !store.configured_for(n) {
+            presence.lacking.push(format!(
+                "{n} (storage {} is not configured for it)",
+                store.name
+            ));
+        } else if store.is_shared() {
+            continue;
+        } else if store.unlisted().is_some() {
+            unverified.push(n.clone());
+        } else {
             match api.snippets(n, &store.name) {
-                Ok(volids) if volids.iter().any(|v| v == volume) => None,
-                Ok(_) => Some(n.clone()),
-                Err(e) => Some(format!("{n} (cannot ask it: {e:#})")),
+                Ok(volids) if volids.iter().any(|v| v == volume) => {}
+                Ok(_) => presence.lacking.push(n.clone()),
+                Err(e) => presence.lacking.push(format!("{n} (cannot ask it: {e:#})")),
             }
-        })
-        .collect()
+        }
+    }
+    if let (false, Some((why, fix))) = (unverified.is_empty(), store.unlisted()) {
+        presence.unverified = Some(Unverified {
+            nodes: unverified,
+            storage: store.name.clone(),
+            why,
+            fix,
+        });
+    }
+    presence
 }
 
 /// Proxmox's API through `pvesh`, which proxies a request for another node

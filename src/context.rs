@@ -4,7 +4,7 @@
 //! file system while it runs.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -15,6 +15,7 @@ use crate::error::usage;
 use crate::host::Host;
 use crate::pct_config::{PctConfig, MAX_CONFIG_BYTES};
 use crate::process::{self, Limits};
+use crate::runfile::{self, Cache, Fetcher};
 use crate::state::{Locks, Results};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
@@ -58,12 +59,16 @@ impl Ctx {
 
     /// This node's container (or VM) `vmid`.
     pub fn lookup(&self, vmid: Vmid) -> Result<Lookup> {
-        let pve = &self.config().paths.pve;
-        let path = pve.join(format!("lxc/{vmid}.conf"));
-        match read_bounded(&path)? {
-            Some(text) => Ok(self.resolve(vmid, &path, &text)?),
-            None if pve.join(format!("qemu-server/{vmid}.conf")).exists() => Ok(Lookup::Vm),
-            None => Ok(Lookup::Missing),
+        self.lookup_read(vmid, read_guest(&self.config().paths.pve, vmid)?)
+    }
+
+    /// This node's container `vmid`, from its config as [`read_guest`]
+    /// read it.
+    pub fn lookup_read(&self, vmid: Vmid, guest: Guest) -> Result<Lookup> {
+        match guest {
+            Guest::Container { path, pct } => self.resolve(vmid, &path, pct),
+            Guest::Vm => Ok(Lookup::Vm),
+            Guest::Missing => Ok(Lookup::Missing),
         }
     }
 
@@ -75,7 +80,7 @@ impl Ctx {
             .pve
             .join(format!("nodes/{node}/lxc/{vmid}.conf"));
         match read_bounded(&path)? {
-            Some(text) => Ok(self.resolve(vmid, &path, &text)?),
+            Some(text) => self.resolve(vmid, &path, PctConfig::parse(&text)),
             None => Ok(Lookup::Missing),
         }
     }
@@ -114,8 +119,7 @@ impl Ctx {
         }
     }
 
-    fn resolve(&self, vmid: Vmid, path: &Path, text: &str) -> Result<Lookup> {
-        let pct = PctConfig::parse(text);
+    fn resolve(&self, vmid: Vmid, path: &Path, pct: PctConfig) -> Result<Lookup> {
         if pct.skipped_lines > 0 {
             log::debug!(
                 "{}: skipped {} unparsable line(s)",
@@ -151,15 +155,60 @@ impl Ctx {
             Lookup::Vm => Err(usage(format!(
                 "{vmid} is a virtual machine, not a container"
             ))),
-            Lookup::Missing => Err(usage(format!(
-                "no container {vmid}: {} does not exist",
-                self.config()
-                    .paths
-                    .pve
-                    .join(format!("lxc/{vmid}.conf"))
-                    .display()
-            ))),
+            Lookup::Missing => Err(usage(self.not_here(vmid))),
         }
+    }
+
+    /// Runfiles for `settings`, through this node's cache (the shared one,
+    /// or its own where the shared one cannot be used), with progress to `log`.
+    pub fn fetcher<'a>(&'a self, settings: &Settings, log: &'a dyn Fn(&str)) -> Fetcher<'a> {
+        let paths = &self.config().paths;
+        Fetcher {
+            cache: Cache {
+                dir: paths.cache.clone(),
+                fallback: (paths.local_cache != paths.cache).then(|| paths.local_cache.clone()),
+            },
+            locks: &self.locks,
+            allow_unverified: settings.allow_unverified_download,
+            limits: runfile::limits(
+                settings.limits.download_timeout,
+                settings.limits.download_max,
+                settings.limits.max_download,
+            ),
+            log,
+        }
+    }
+
+    /// Why `vmid` is no container of this node: the node whose folder in
+    /// the cluster file system (`nodes/<node>/lxc`, `qemu-server`) holds
+    /// it, which is where commands for it must run; or that there is none.
+    pub fn not_here(&self, vmid: Vmid) -> String {
+        let pve = &self.config().paths.pve;
+        let this = crate::cluster::node_name(pve);
+        let found = crate::cluster::nodes(pve)
+            .into_iter()
+            .filter(|n| *n != this)
+            .find_map(|node| {
+                let on = |kind: &str| {
+                    pve.join(format!("nodes/{node}/{kind}/{vmid}.conf"))
+                        .exists()
+                };
+                if on("lxc") {
+                    Some(format!("CT {vmid} is on node {node}: run this there"))
+                } else if on("qemu-server") {
+                    Some(format!(
+                        "{vmid} is a virtual machine on node {node}, not a container"
+                    ))
+                } else {
+                    None
+                }
+            });
+        found.unwrap_or_else(|| {
+            format!(
+                "no container {vmid} on this node ({this}): {} does not exist",
+                pve.join(format!("lxc/{vmid}.conf")).display()
+            )
+        })
     }
 
     pub fn host_version(&self) -> Result<Option<DriverVersion>> {
@@ -200,6 +249,33 @@ impl Ctx {
     pub fn all_containers(&self) -> Result<Vec<Vmid>> {
         list_configs(&self.config().paths.pve.join("lxc"))
     }
+}
+
+/// A guest's config as this node has it, read once.
+pub enum Guest {
+    Container {
+        path: PathBuf,
+        pct: PctConfig,
+    },
+    /// A QEMU guest: hookscripts are shared between both kinds.
+    Vm,
+    Missing,
+}
+
+/// `<pve>/lxc/<vmid>.conf`, read (bounded) and parsed; or that `vmid` is a
+/// VM's, or nobody's. Needs nothing of this tool's configuration but where
+/// `/etc/pve` is: the hook reads it before its configuration (for a
+/// chained hookscript, which must run whatever became of that).
+pub fn read_guest(pve: &Path, vmid: Vmid) -> Result<Guest> {
+    let path = pve.join(format!("lxc/{vmid}.conf"));
+    Ok(match read_bounded(&path)? {
+        Some(text) => Guest::Container {
+            pct: PctConfig::parse(&text),
+            path,
+        },
+        None if pve.join(format!("qemu-server/{vmid}.conf")).exists() => Guest::Vm,
+        None => Guest::Missing,
+    })
 }
 
 /// The vmids of the `<vmid>.conf` files in a folder, sorted.

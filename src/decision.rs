@@ -1,10 +1,13 @@
 //! The decisions, as pure functions of what was read: is NVIDIA requested for
 //! this container, does it need an install, and what `status` calls its state.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::container::detect::InstalledDriver;
 use crate::pct_config::{Passthrough, PctConfig};
+use crate::state::LastResult;
 use crate::version::DriverVersion;
 
 /// Why a container counts as (not) requesting the GPU; the first that
@@ -166,6 +169,43 @@ pub fn state(o: &Observed) -> State {
     }
 }
 
+/// Whether the timer's `sync` may start a container's install now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    Now,
+    /// Its install failed `failures` times in a row for this host version:
+    /// not before `at_unix`.
+    After {
+        at_unix: u64,
+        failures: u32,
+    },
+}
+
+/// The longest the timer leaves a container alone after failures.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// After a failed install for the host's version, `base` (an hour) before
+/// the next, doubled after each further failure, at most a day; at once
+/// after a success, for another host version, or with no failure counted.
+pub fn retry(last: Option<&LastResult>, host: &DriverVersion, now: u64, base: Duration) -> Retry {
+    let Some(last) = last.filter(|l| !l.ok && l.failures > 0 && l.host_version == host.to_string())
+    else {
+        return Retry::Now;
+    };
+    let wait = base
+        .saturating_mul(2u32.saturating_pow(last.failures - 1))
+        .min(MAX_RETRY_WAIT);
+    let at_unix = last.finished_unix.saturating_add(wait.as_secs());
+    if now >= at_unix {
+        Retry::Now
+    } else {
+        Retry::After {
+            at_unix,
+            failures: last.failures,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +358,67 @@ mod tests {
         assert_eq!(state(&base(Some(&unknown))), State::Unknown);
         let packaged = InstalledDriver::Packaged(host.clone());
         assert_eq!(state(&base(Some(&packaged))), State::Packaged);
+    }
+
+    #[test]
+    fn the_timer_backs_off_an_hour_doubling_per_failure() {
+        let hour = Duration::from_secs(3600);
+        let result = |ok, failures, host: &str| LastResult {
+            host_version: host.into(),
+            ok,
+            message: "stage runfile: 503".into(),
+            warnings: Vec::new(),
+            finished_unix: 1000,
+            failures,
+        };
+        let after = |at_unix, failures| Retry::After { at_unix, failures };
+        let h = v("550.54.14");
+        assert_eq!(retry(None, &h, 0, hour), Retry::Now);
+        for (last, now, expected, why) in [
+            (
+                result(false, 1, "550.54.14"),
+                1000 + 3599,
+                after(1000 + 3600, 1),
+                "an hour",
+            ),
+            (
+                result(false, 1, "550.54.14"),
+                1000 + 3600,
+                Retry::Now,
+                "then at once",
+            ),
+            (
+                result(false, 3, "550.54.14"),
+                1000,
+                after(1000 + 4 * 3600, 3),
+                "doubling",
+            ),
+            (
+                result(false, 40, "550.54.14"),
+                1000,
+                after(1000 + 24 * 3600, 40),
+                "at most a day",
+            ),
+            (
+                result(false, 3, "550.90.07"),
+                1000,
+                Retry::Now,
+                "another host version",
+            ),
+            (
+                result(true, 0, "550.54.14"),
+                1000,
+                Retry::Now,
+                "after a success",
+            ),
+            (
+                result(false, 0, "550.54.14"),
+                1000,
+                Retry::Now,
+                "an abandoned install",
+            ),
+        ] {
+            assert_eq!(retry(Some(&last), &h, now, hour), expected, "{why}");
+        }
     }
 }

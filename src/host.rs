@@ -90,15 +90,7 @@ impl Host {
     /// `lxc-info` for a pid and calls [`Host::init_at`]).
     pub fn container_init(&self, vmid: Vmid) -> Option<Init> {
         let cgroup = self.sys.join("fs/cgroup");
-        let roots = [
-            format!("lxc/{vmid}"),
-            format!("lxc.payload.{vmid}"),
-            format!("unified/lxc.payload.{vmid}"),
-            format!("unified/lxc/{vmid}"),
-            format!("pids/lxc.payload.{vmid}"),
-            format!("pids/lxc/{vmid}"),
-        ];
-        roots
+        container_cgroup_roots(vmid)
             .iter()
             .map(|r| cgroup.join(r))
             .filter(|p| p.is_dir())
@@ -126,41 +118,38 @@ impl Host {
     /// Breadth-first through at most a few dozen cgroups: a container may
     /// create its own sub-cgroups, and must not make this walk expensive.
     fn find_init_below(&self, root: &Path, vmid: Vmid) -> Option<Init> {
-        const MAX_DIRS: usize = 64;
-        // Proxmox's inner cgroup first: that is where init is.
-        let mut queue = std::collections::VecDeque::from([
-            (root.join("ns"), 1usize),
-            (root.to_path_buf(), 0usize),
-        ]);
-        let mut visited = 0;
-        while let Some((dir, depth)) = queue.pop_front() {
-            visited += 1;
-            if visited > MAX_DIRS {
-                return None;
-            }
-            if let Ok(Some(procs)) = read_small(&dir.join("cgroup.procs")) {
-                if let Some(init) = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<u32>().ok())
-                    .find_map(|pid| self.init_at(vmid, pid))
-                {
-                    return Some(init);
-                }
-            }
-            if depth < 3 {
-                if let Ok(entries) = std::fs::read_dir(&dir) {
-                    let mut subdirs: Vec<_> = entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path())
-                        .collect();
-                    // `ns` (Proxmox's inner cgroup) and `init.scope` hold init.
-                    subdirs.sort_by_key(|p| !p.ends_with("ns") && !p.ends_with("init.scope"));
-                    queue.extend(subdirs.into_iter().map(|d| (d, depth + 1)));
+        CgroupWalk::new(root, 64, 3).find_map(|dir| {
+            read_pids(&dir)
+                .into_iter()
+                .find_map(|pid| self.init_at(vmid, pid))
+        })
+    }
+
+    /// The processes of a running container as the kernel lists them in
+    /// its cgroups (one hierarchy: each process is in exactly one cgroup
+    /// of it), at most `max_cgroups` cgroups and `max_pids` processes.
+    pub fn container_pids(&self, vmid: Vmid, max_cgroups: usize, max_pids: usize) -> Pids {
+        let cgroup = self.sys.join("fs/cgroup");
+        let Some(root) = container_cgroup_roots(vmid)
+            .iter()
+            .map(|r| cgroup.join(r))
+            .find(|p| p.is_dir())
+        else {
+            return Pids::default();
+        };
+        let mut walk = CgroupWalk::new(&root, max_cgroups, 16);
+        let mut found = Pids::default();
+        for dir in walk.by_ref() {
+            for pid in read_pids(&dir) {
+                if found.pids.len() < max_pids {
+                    found.pids.push(pid);
+                } else {
+                    found.left_out += 1;
                 }
             }
         }
-        None
+        found.cgroups_left_out = walk.left_out();
+        found
     }
 
     /// True when `pid` is pid 1 of a pid namespace one level below ours.
@@ -185,6 +174,123 @@ impl Host {
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?)
+    }
+}
+
+/// Where a container's cgroup is, under `/sys/fs/cgroup`: Proxmox's
+/// `lxc/<vmid>` and LXC's `lxc.payload.<vmid>`, on the unified hierarchy
+/// (cgroup v2, or v1's `unified`) and v1's `pids`.
+fn container_cgroup_roots(vmid: Vmid) -> [String; 6] {
+    [
+        format!("lxc/{vmid}"),
+        format!("lxc.payload.{vmid}"),
+        format!("unified/lxc.payload.{vmid}"),
+        format!("unified/lxc/{vmid}"),
+        format!("pids/lxc.payload.{vmid}"),
+        format!("pids/lxc/{vmid}"),
+    ]
+}
+
+/// The processes of a container's cgroups, as far as they were listed.
+#[derive(Debug, Default)]
+pub struct Pids {
+    pub pids: Vec<u32>,
+    /// Processes listed past the bound.
+    pub left_out: usize,
+    /// Cgroups not looked into (past the bound on cgroups or depth).
+    pub cgroups_left_out: usize,
+}
+
+/// The pids a cgroup's `cgroup.procs` lists (none when it cannot be read).
+fn read_pids(dir: &Path) -> Vec<u32> {
+    match read_small(&dir.join("cgroup.procs")) {
+        Ok(Some(procs)) => procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A container's cgroup and those below it, breadth-first, bounded: a
+/// container may make as many sub-cgroups as it likes. Proxmox's inner
+/// cgroup (`ns`, where init is) comes first, then `init.scope`; a cgroup's
+/// folder is listed only when the one after it is asked for, so a caller
+/// that finds what it wants in `ns` reads nothing more.
+struct CgroupWalk {
+    queue: std::collections::VecDeque<(PathBuf, usize)>,
+    seen: std::collections::HashSet<PathBuf>,
+    /// The cgroup returned last, to be listed before the next.
+    last: Option<(PathBuf, usize)>,
+    max_dirs: usize,
+    max_depth: usize,
+    visited: usize,
+    left_out: usize,
+}
+
+impl CgroupWalk {
+    fn new(root: &Path, max_dirs: usize, max_depth: usize) -> CgroupWalk {
+        CgroupWalk {
+            queue: [(root.join("ns"), 1), (root.to_path_buf(), 0)].into(),
+            seen: Default::default(),
+            last: None,
+            max_dirs,
+            max_depth,
+            visited: 0,
+            left_out: 0,
+        }
+    }
+
+    /// Cgroups found but not visited.
+    fn left_out(&self) -> usize {
+        self.left_out
+            + self
+                .queue
+                .iter()
+                .filter(|(d, _)| !self.seen.contains(d))
+                .count()
+    }
+
+    fn expand(&mut self, dir: &Path, depth: usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut subdirs: Vec<_> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        if depth >= self.max_depth {
+            self.left_out += subdirs.len();
+            return;
+        }
+        subdirs.sort_by_key(|p| !p.ends_with("ns") && !p.ends_with("init.scope"));
+        self.queue
+            .extend(subdirs.into_iter().map(|d| (d, depth + 1)));
+    }
+}
+
+impl Iterator for CgroupWalk {
+    type Item = PathBuf;
+
+    fn next(&mut self) -> Option<PathBuf> {
+        if let Some((dir, depth)) = self.last.take() {
+            self.expand(&dir, depth);
+        }
+        while let Some((dir, depth)) = self.queue.pop_front() {
+            if self.seen.contains(&dir) {
+                continue;
+            }
+            if self.visited >= self.max_dirs {
+                self.queue.push_front((dir, depth));
+                return None;
+            }
+            self.visited += 1;
+            self.seen.insert(dir.clone());
+            self.last = Some((dir.clone(), depth));
+            return Some(dir);
+        }
+        None
     }
 }
 
@@ -220,8 +326,8 @@ impl Init {
     }
 }
 
-/// Reads a small file; Ok(None) when it does not exist.
-fn read_small(path: &Path) -> Result<Option<String>> {
+/// Reads a small (kernel) file; Ok(None) when it does not exist.
+pub(crate) fn read_small(path: &Path) -> Result<Option<String>> {
     match std::fs::File::open(path) {
         Ok(f) => {
             // Kernel files report no size: room for one read, not a dozen.
@@ -239,7 +345,7 @@ fn read_small(path: &Path) -> Result<Option<String>> {
 /// `/proc/<pid>/cgroup`'s text places the process in the container's
 /// cgroup (`lxc/<vmid>/...` as Proxmox lays it out, `lxc.payload.<vmid>` as
 /// LXC does).
-fn cgroups_are_containers(text: &str, vmid: Vmid) -> bool {
+pub(crate) fn cgroups_are_containers(text: &str, vmid: Vmid) -> bool {
     let vmid = vmid.to_string();
     let payload = format!("lxc.payload.{vmid}");
     text.lines()

@@ -21,6 +21,9 @@ struct Logger {
     written: AtomicUsize,
     /// The line that says the log ends here was written.
     ended: AtomicBool,
+    /// stderr is the journal (a systemd unit's): each line carries its
+    /// priority, and syslog, which would repeat it there, is not written.
+    journal: bool,
 }
 
 /// The longest line logged: a line is one event, and what an event quotes
@@ -52,11 +55,17 @@ pub fn init(opts: Options) {
         process: "pve-nvidia-hook".into(),
         pid: std::process::id(),
     };
+    let journal = stderr_is_journal();
     let logger = Logger {
-        syslog: syslog::unix(formatter).ok().map(Mutex::new),
+        syslog: if journal {
+            None
+        } else {
+            syslog::unix(formatter).ok().map(Mutex::new)
+        },
         timestamps: opts.timestamps,
         written: AtomicUsize::new(0),
         ended: AtomicBool::new(false),
+        journal,
     };
     let level = match (opts.verbose, opts.quiet) {
         (true, _) => LevelFilter::Debug,
@@ -78,7 +87,8 @@ pub fn set_vmid(vmid: Vmid) {
 /// `CT <vmid>: <text>`, once: an error may already name its container.
 pub fn scoped(vmid: Vmid, text: &str) -> String {
     let prefix = format!("CT {vmid}: ");
-    if text.starts_with(&prefix) {
+    // "CT 102 is on node pve2: ..." names the container already.
+    if text.starts_with(&prefix) || text.starts_with(&format!("CT {vmid} ")) {
         text.to_string()
     } else {
         prefix + text
@@ -138,11 +148,16 @@ impl Log for Logger {
         } else {
             String::new()
         };
+        let priority = if self.journal {
+            journal_priority(record.level())
+        } else {
+            ""
+        };
         // One write per line: lines of processes that share the log file
         // (the install's) are never interleaved.
         let _ = std::io::stderr()
             .lock()
-            .write_all(format!("{stamp}pve-nvidia-hook: {level}{line}\n").as_bytes());
+            .write_all(format!("{priority}{stamp}pve-nvidia-hook: {level}{line}\n").as_bytes());
     }
 
     fn flush(&self) {}
@@ -162,6 +177,31 @@ fn admit(total: usize, serious: bool) -> Admit {
         Admit::Line
     } else {
         Admit::Drop
+    }
+}
+
+/// systemd names the stream it connects a unit's stderr to in
+/// `JOURNAL_STREAM` (`<device>:<inode>`); only when stderr is that very
+/// stream (not a file or pipe a child of the unit was given) is it the
+/// journal.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr())
+        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
+}
+
+/// The priority prefix journald reads on a stream line (`SyslogLevelPrefix`).
+fn journal_priority(level: Level) -> &'static str {
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
     }
 }
 
@@ -243,10 +283,15 @@ pub fn redact_url(url: &str) -> String {
 
 /// `2026-11-25T18:00:00Z`, without a date crate (civil-from-days).
 fn utc_now() -> String {
-    let secs = SystemTime::now()
+    utc(SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+/// A time for a person and a log: `2026-11-27T14:03:00Z` (Howard
+/// Hinnant's days-to-civil, proleptic Gregorian).
+pub fn utc(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -268,6 +313,13 @@ fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_said_in_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(utc(1_798_761_600), "2027-01-01T00:00:00Z");
+    }
 
     #[test]
     fn nothing_a_terminal_acts_on() {

@@ -42,6 +42,18 @@ impl DriverVersion {
     pub fn major(&self) -> u32 {
         self.parts[0].parse().unwrap_or(0)
     }
+
+    /// The parts as numbers, a missing third one as 0: `535.104.05` is
+    /// `[535, 104, 5]`. For "at least" questions (which installer options
+    /// a release knows, which CUDA toolkit a driver runs), never for
+    /// equality, which stays exact.
+    pub fn numbers(&self) -> [u32; 3] {
+        let mut n = [0; 3];
+        for (slot, part) in n.iter_mut().zip(&self.parts) {
+            *slot = part.parse().unwrap_or(0);
+        }
+        n
+    }
 }
 
 impl fmt::Display for DriverVersion {
@@ -118,13 +130,40 @@ pub fn from_installer_record(content: &str) -> Result<DriverVersion, String> {
     first.parse()
 }
 
-/// `NVIDIA-Linux-x86_64-550.54.14.run` (also with `-grid`/`-vgpu` style
-/// suffixes NVIDIA does not use for these, so those are rejected).
-pub fn from_runfile_name(name: &str) -> Result<DriverVersion, String> {
-    name.strip_prefix("NVIDIA-Linux-x86_64-")
+/// The variants NVIDIA publishes of one driver's runfile, by the suffix of
+/// its name: the whole driver, the same without the 32-bit compatibility
+/// libraries (`-no-compat32.run`, which nvidia-installer's
+/// `--install-compat32-libs` help names), and the GRID guest driver
+/// (`-grid.run`, from NVIDIA's licensing portal only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunfileVariant {
+    Whole,
+    NoCompat32,
+    Grid,
+}
+
+const VARIANTS: [(&str, RunfileVariant); 2] = [
+    ("-no-compat32", RunfileVariant::NoCompat32),
+    ("-grid", RunfileVariant::Grid),
+];
+
+/// `NVIDIA-Linux-x86_64-550.54.14.run`, `...-550.54.14-no-compat32.run`
+/// or `...-550.54.14-grid.run`: the version and the variant.
+pub fn from_runfile_name(name: &str) -> Result<(DriverVersion, RunfileVariant), String> {
+    let stem = name
+        .strip_prefix("NVIDIA-Linux-x86_64-")
         .and_then(|rest| rest.strip_suffix(".run"))
-        .ok_or_else(|| format!("'{name}' is not named NVIDIA-Linux-x86_64-<version>.run"))?
-        .parse()
+        .ok_or_else(|| {
+            format!(
+                "'{}' is not named NVIDIA-Linux-x86_64-<version>[-no-compat32|-grid].run",
+                name.chars().take(120).collect::<String>().escape_debug()
+            )
+        })?;
+    let (version, variant) = VARIANTS
+        .iter()
+        .find_map(|(suffix, variant)| Some((stem.strip_suffix(suffix)?, *variant)))
+        .unwrap_or((stem, RunfileVariant::Whole));
+    Ok((version.parse()?, variant))
 }
 
 /// `libnvidia-ml.so.550.54.14` → the version; other names → None.
@@ -227,14 +266,36 @@ mod tests {
     fn runfile_names() {
         assert_eq!(
             from_runfile_name("NVIDIA-Linux-x86_64-550.54.14.run").unwrap(),
-            v("550.54.14")
+            (v("550.54.14"), RunfileVariant::Whole)
         );
         assert_eq!(
             from_runfile_name("NVIDIA-Linux-x86_64-515.76.run").unwrap(),
-            v("515.76")
+            (v("515.76"), RunfileVariant::Whole)
         );
         assert!(from_runfile_name("NVIDIA-Linux-aarch64-550.54.14.run").is_err());
-        assert!(from_runfile_name("NVIDIA-Linux-x86_64-550.54.14-grid.run").is_err());
+        assert!(from_runfile_name("NVIDIA-Linux-x86_64-550.54.14-vgpu-kvm.run").is_err());
+        assert!(from_runfile_name("NVIDIA-Linux-x86_64-550.54.14-no-compat32-grid.run").is_err());
+    }
+
+    /// NVIDIA's own variant names: the driver without its 32-bit libraries,
+    /// and the GRID guest driver (a `runfile_url` with `file://` for it).
+    #[test]
+    fn runfile_variants() {
+        assert_eq!(
+            from_runfile_name("NVIDIA-Linux-x86_64-550.54.14-no-compat32.run").unwrap(),
+            (v("550.54.14"), RunfileVariant::NoCompat32)
+        );
+        assert_eq!(
+            from_runfile_name("NVIDIA-Linux-x86_64-535.183.06-grid.run").unwrap(),
+            (v("535.183.06"), RunfileVariant::Grid)
+        );
+    }
+
+    #[test]
+    fn numbers_for_at_least_questions() {
+        assert_eq!(v("535.104.05").numbers(), [535, 104, 5]);
+        assert_eq!(v("515.76").numbers(), [515, 76, 0]);
+        assert!(v("450.80.02").numbers() > v("450.51.06").numbers());
     }
 
     #[test]

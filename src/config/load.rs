@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Config, DigestSpec, Layer, Loaded, DEFAULT_CONFIG_PATH, NO_OPENGL_FILES};
+use super::{Config, DigestSpec, Layer, Loaded, Paths, DEFAULT_CONFIG_PATH, NO_OPENGL_FILES};
 use crate::error::usage;
 use crate::fsutil;
 use crate::version::DriverVersion;
@@ -41,6 +41,19 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     })
 }
 
+/// Where things are, from a configuration that does not load as a whole (a
+/// key unknown, a value bad): its `paths` when the file is trusted and they
+/// parse, else the defaults. For the hook's chained hookscript alone, which
+/// must run whatever became of the rest of this tool's configuration.
+pub fn paths_anyway(explicit: Option<&Path>) -> Paths {
+    let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), Path::to_path_buf);
+    read_trusted(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|value| serde_json::from_value(value.get("paths")?.clone()).ok())
+        .unwrap_or_default()
+}
+
 /// A configuration file is small; more is not one.
 const MAX_CONFIG: u64 = 1 << 20;
 
@@ -65,6 +78,12 @@ impl Config {
     fn validate(&self) -> Result<()> {
         refuse_unknown("", &self.unknown)?;
         validate_layer("", &self.layer)?;
+        if self.paths.modules_root().is_none() {
+            anyhow::bail!(
+                "paths.modules: '{}' does not end in lib/modules (where modinfo looks)",
+                self.paths.modules.display()
+            );
+        }
         for (key, overrides) in &self.containers {
             key.parse::<Vmid>()
                 .map_err(|e| anyhow::anyhow!("containers: key {e}"))?;
@@ -92,6 +111,10 @@ fn validate_layer(prefix: &str, layer: &Layer) -> Result<()> {
             .is_some_and(|a| a.iter().any(|a| a == NO_OPENGL_FILES))
     {
         anyhow::bail!("{prefix}installer_args: {NO_OPENGL_FILES} contradicts graphics: true (leave it out: graphics decides it)");
+    }
+    if let Some(args) = &layer.installer_args {
+        super::installer_args::check(args)
+            .map_err(|e| anyhow::anyhow!("{prefix}installer_args: {e}"))?;
     }
     if let Some(deps) = &layer.dependencies {
         if let Some(bad) = deps
@@ -189,6 +212,18 @@ mod tests {
             (
                 r#"{"max_concurrent_installs": 0}"#,
                 "max_concurrent_installs",
+            ),
+            (
+                r#"{"notify": "loud"}"#,
+                "unknown variant `loud`, expected one of `errors`, `all`, `off`",
+            ),
+            (
+                r#"{"installer_args": ["--no-such-flag"]}"#,
+                "installer_args: '--no-such-flag' is not an nvidia-installer option",
+            ),
+            (
+                r#"{"containers": {"101": {"installer_args": ["--tmpdir", "/x"]}}}"#,
+                "containers.\"101\".installer_args: '--tmpdir' is not allowed",
             ),
         ];
         for (text, expected) in cases {

@@ -14,10 +14,11 @@ use serde::Deserialize;
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
+pub mod installer_args;
 mod load;
 mod phoenix;
 
-pub use load::{load, parse};
+pub use load::{load, parse, paths_anyway};
 pub use phoenix::{read_phoenix, PhoenixEntry};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pve-nvidia-hook/config.json";
@@ -29,23 +30,8 @@ pub const DEFAULT_RUNFILE_URLS: [&str; 2] = [
     "https://us.download.nvidia.com/tesla/{version}/NVIDIA-Linux-x86_64-{version}.run",
 ];
 
-/// The seed's user-space-only flags (`--accept-license` is accepted and
-/// ignored by every installer since 390, so it is left out).
-/// `--no-opengl-files` is added unless `graphics` is true.
-pub const DEFAULT_INSTALLER_ARGS: [&str; 4] = [
-    "--silent",
-    "--no-kernel-module",
-    "--no-x-check",
-    "--no-nouveau-check",
-];
-
 /// Left out the OpenGL, EGL and GLX libraries (and so Vulkan's).
 pub const NO_OPENGL_FILES: &str = "--no-opengl-files";
-
-/// With the graphics libraries the installer brings its own libglvnd
-/// (`--install-libglvnd`): a partial one from the distribution would make a
-/// silent install abort, and Debian's complete one pulls in Mesa.
-pub const INSTALL_LIBGLVND: &str = "--install-libglvnd";
 
 /// What the graphics libraries need in the container beyond libglvnd: the
 /// Vulkan loader, and the X libraries libGLX_nvidia links against.
@@ -63,6 +49,37 @@ pub const DEFAULT_DEPENDENCIES: [&str; 2] = ["kmod", "ca-certificates"];
 pub enum DigestSpec {
     One(String),
     PerVersion(BTreeMap<String, String>),
+}
+
+/// What is restarted after an install replaced the driver under a running
+/// container, when some of its processes still map the old libraries
+/// (they fail with "Driver/library version mismatch" until restarted).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartAfterInstall {
+    /// Nothing: they are named in the log.
+    #[default]
+    #[serde(rename = "none")]
+    Nothing,
+    /// Their systemd services inside the container (`systemctl restart`).
+    Services,
+    /// The whole container (`pct reboot`), from the background install
+    /// once the start task has let the container's config lock go.
+    Container,
+}
+
+/// Which outcomes of a background install the admin is told of through
+/// Proxmox's notifications (`notify`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyMode {
+    /// A failed install (`error`), and a container that cannot be brought
+    /// to the host's version (`warning`).
+    #[default]
+    Errors,
+    /// Those, and every install that succeeded (`info`).
+    All,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -102,6 +119,16 @@ pub struct Paths {
     /// Where storage paths (`/var/lib/vz`) are found: `/` on a host; the
     /// tests give each simulated node a folder of its own.
     pub storage_root: PathBuf,
+    /// The installed kernels' modules (`<modules>/<kernel>/`), for the
+    /// NVIDIA module the next boot loads. It must end in `lib/modules`:
+    /// `modinfo -b` is given the folder above.
+    pub modules: PathBuf,
+    /// Proxmox's kernel pins (`proxmox-boot-tool kernel pin`):
+    /// `proxmox-boot-pin`, and `next-boot-pin` for the next boot only.
+    pub kernel_pins: PathBuf,
+    /// Proxmox's container config locks (`pve-config-<vmid>.lock`): a
+    /// `pct reboot` waits until the start task has let its lock go.
+    pub config_locks: PathBuf,
 }
 
 impl Default for Paths {
@@ -118,7 +145,21 @@ impl Default for Paths {
             state: "/var/lib/pve-nvidia-hook".into(),
             local_cache: "/var/cache/pve-nvidia-hook".into(),
             storage_root: "/".into(),
+            modules: "/lib/modules".into(),
+            kernel_pins: "/etc/kernel".into(),
+            config_locks: "/run/lock/lxc".into(),
         }
+    }
+}
+
+impl Paths {
+    /// The root `modinfo -b` takes for [`Paths::modules`] (it appends
+    /// `lib/modules` itself); None when `modules` does not end in that.
+    pub fn modules_root(&self) -> Option<&std::path::Path> {
+        let lib = self.modules.parent()?;
+        (self.modules.file_name()? == "modules" && lib.file_name()? == "lib")
+            .then(|| lib.parent())
+            .flatten()
     }
 }
 
@@ -148,7 +189,7 @@ layer! {
     runfile_url: String,
     /// A digest, or a map version → digest.
     runfile_sha256: DigestSpec,
-    /// Flags for the driver runfile.
+    /// Flags for the driver runfile, added to the ones it always gets.
     installer_args: Vec<String>,
     /// apt packages installed in the container first.
     dependencies: Vec<String>,
@@ -162,6 +203,9 @@ layer! {
     /// Vulkan); by default the install is compute-only (CUDA, OpenCL, NVENC,
     /// NVDEC), with `--no-opengl-files`.
     graphics: bool,
+    /// What is restarted when processes still map the old driver after an
+    /// install: `none`, `services` or `container`.
+    restart_after_install: RestartAfterInstall,
 }
 
 /// What a numeric setting is: the number in the file, and what it
@@ -267,6 +311,13 @@ limits! {
     /// installer go on outside the cap, so that no container (whatever its
     /// programs do) delays another's install longer.
     slot_hold_secs => slot_hold: Secs = 120,
+    /// Seconds the timer's `sync` leaves a container alone after its
+    /// install failed for the host's version; doubled after each further
+    /// failure, at most a day.
+    sync_retry_secs => sync_retry: Secs = 3600,
+    /// Seconds the search for a container's processes that still map the
+    /// old driver may take in all.
+    scan_timeout_secs => scan_timeout: Secs = 10,
 }
 
 /// `containers."<vmid>"`: whether NVIDIA is requested, and overrides.
@@ -294,6 +345,8 @@ pub struct Config {
     /// The numeric settings resolved and checked at load.
     #[serde(skip)]
     pub limits: Limits,
+    /// What the admin is told of through Proxmox's notifications.
+    pub notify: NotifyMode,
     pub containers: BTreeMap<String, ContainerOverrides>,
     pub phoenix_config: Option<PathBuf>,
     pub paths: Paths,
@@ -324,14 +377,22 @@ impl Config {
             .unwrap_or_default();
         // The Phoenix entry's URL sits between the container's own and the global one.
         own.runfile_url = own.runfile_url.or(phoenix_url);
+        self.resolve(&own)
+    }
+
+    /// The global keys over the defaults: what a container without
+    /// overrides gets.
+    pub fn global_settings(&self) -> Settings {
+        self.resolve(&Layer::default())
+    }
+
+    fn resolve(&self, own: &Layer) -> Settings {
         let l = own.over(&self.layer);
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         Settings {
             runfile_url: l.runfile_url,
             runfile_sha256: l.runfile_sha256,
-            installer_args: l
-                .installer_args
-                .unwrap_or_else(|| strings(&DEFAULT_INSTALLER_ARGS)),
+            installer_args: l.installer_args.unwrap_or_default(),
             dependencies: l
                 .dependencies
                 .unwrap_or_else(|| strings(&DEFAULT_DEPENDENCIES)),
@@ -339,6 +400,7 @@ impl Config {
             cuda: l.cuda,
             background: l.background.unwrap_or(true),
             graphics: l.graphics.unwrap_or(false),
+            restart_after_install: l.restart_after_install.unwrap_or_default(),
             allow_unverified_download: self.allow_unverified_download,
             limits: self.limits,
         }
@@ -350,33 +412,26 @@ impl Config {
 pub struct Settings {
     pub runfile_url: Option<String>,
     pub runfile_sha256: Option<DigestSpec>,
+    /// What the configuration adds to the driver installer's own flags
+    /// ([`installer_args::driver_args`]).
     pub installer_args: Vec<String>,
     pub dependencies: Vec<String>,
     pub cleanup: bool,
     pub cuda: Option<CudaConfig>,
     pub background: bool,
     pub graphics: bool,
+    pub restart_after_install: RestartAfterInstall,
     pub allow_unverified_download: bool,
     pub limits: Limits,
 }
 
 impl Settings {
-    /// The driver installer's arguments: the configured ones, with
-    /// `--no-opengl-files` unless `graphics` is on, `--install-libglvnd` when
-    /// it is.
-    pub fn driver_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = self
-            .installer_args
-            .iter()
-            .filter(|a| *a != NO_OPENGL_FILES)
-            .cloned()
-            .collect();
-        if !self.graphics {
-            args.push(NO_OPENGL_FILES.to_string());
-        } else if !args.iter().any(|a| a == INSTALL_LIBGLVND) {
-            args.push(INSTALL_LIBGLVND.to_string());
-        }
-        args
+    /// The driver installer's arguments: the required ones, the defaults,
+    /// the configured ones, and compute-only's flags unless `graphics` is
+    /// on; with it, `--install-libglvnd` where the container's libglvnd is
+    /// absent or incomplete.
+    pub fn driver_args(&self, install_libglvnd: bool) -> Vec<String> {
+        installer_args::driver_args(&self.installer_args, self.graphics, install_libglvnd)
     }
 
     /// The apt packages to have in the container: the configured ones, and
@@ -426,15 +481,24 @@ mod tests {
         let c = parse("{}").unwrap();
         let s = c.settings_for(vmid(101), None);
         assert!(s.cleanup && s.background);
-        assert_eq!(s.installer_args, DEFAULT_INSTALLER_ARGS);
-        assert_eq!(
-            s.driver_args().last().map(String::as_str),
-            Some(NO_OPENGL_FILES),
-            "compute-only by default"
+        assert!(s.installer_args.is_empty());
+        let args = s.driver_args(false);
+        assert!(
+            args.iter().any(|a| a == NO_OPENGL_FILES),
+            "compute-only by default: {args:?}"
         );
         assert_eq!(s.all_dependencies(), DEFAULT_DEPENDENCIES);
         assert_eq!(s.limits.max_concurrent_installs, 2);
         assert_eq!(s.limits.read_timeout, Duration::from_secs(5));
+        assert_eq!(c.notify, NotifyMode::Errors);
+        assert_eq!(
+            parse(r#"{"notify": "all"}"#).unwrap().notify,
+            NotifyMode::All
+        );
+        assert_eq!(
+            parse(r#"{"notify": "off"}"#).unwrap().notify,
+            NotifyMode::Off
+        );
         let v: DriverVersion = "550.54.14".parse().unwrap();
         assert_eq!(
             s.runfile_urls(&v)[0],
@@ -463,6 +527,38 @@ mod tests {
             format!("aa{}", "0".repeat(62))
         );
         assert!(c.settings_for(vmid(102), None).background);
+    }
+
+    #[test]
+    fn restarts_and_the_modules_root() {
+        let c = parse(
+            r#"{"restart_after_install": "services",
+                "containers": {"101": {"restart_after_install": "container"}, "102": {"restart_after_install": "none"}},
+                "paths": {"modules": "/srv/fake/lib/modules"}}"#,
+        )
+        .unwrap();
+        let restart = |n| c.settings_for(vmid(n), None).restart_after_install;
+        assert_eq!(restart(101), RestartAfterInstall::Container);
+        assert_eq!(restart(102), RestartAfterInstall::Nothing);
+        assert_eq!(restart(103), RestartAfterInstall::Services);
+        assert_eq!(
+            parse("{}").unwrap().global_settings().restart_after_install,
+            RestartAfterInstall::Nothing
+        );
+        assert_eq!(
+            c.paths.modules_root(),
+            Some(std::path::Path::new("/srv/fake"))
+        );
+        assert_eq!(
+            Paths::default().modules_root(),
+            Some(std::path::Path::new("/"))
+        );
+        let err = format!(
+            "{:#}",
+            parse(r#"{"paths": {"modules": "/srv/modules"}}"#).unwrap_err()
+        );
+        assert!(err.contains("paths.modules"), "{err}");
+        assert!(parse(r#"{"restart_after_install": "sometimes"}"#).is_err());
     }
 
     #[test]

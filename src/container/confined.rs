@@ -37,6 +37,16 @@ pub enum Kind {
     Other,
 }
 
+/// What `stat` says of a path, symlinks followed as a program's `open`
+/// follows them: its kind, permission bits and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub kind: Kind,
+    /// The permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub size: u64,
+}
+
 /// Why a container's file could not be read: what crosses the door
 /// ([`super::probe::Probe`]), so that the caller decides with a `match`
 /// between "cannot tell" and "broken".
@@ -336,6 +346,22 @@ impl Confined {
             )),
             None => Ok(Kind::Missing),
         }
+    }
+
+    /// What `stat` says of `path` (symlinks followed inside the root);
+    /// Ok(None) when it is absent. Nothing is opened: a FIFO is looked at,
+    /// never waited on.
+    pub fn status(&self, path: &str) -> Result<Option<Status>, ReadError> {
+        let Some(fd) = self.find(path, true)? else {
+            return Ok(None);
+        };
+        let st = stat(&fd, StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::SIZE)
+            .map_err(|e| ReadError::io(path, e))?;
+        Ok(Some(Status {
+            kind: kind_of(&st),
+            mode: u32::from(st.stx_mode) & 0o7777,
+            size: st.stx_size,
+        }))
     }
 
     /// A regular file opened for reading, and its size; Ok(None) when absent.

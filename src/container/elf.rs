@@ -1,6 +1,7 @@
 //! The one thing read from a library's ELF header: its `DT_SONAME`, the name
 //! the dynamic loader looks for (`libcuda.so.1`), so that a check can follow
-//! that name to the file a workload will load.
+//! that name to the file a workload will load; 64-bit or 32-bit (NVIDIA's
+//! installer puts both in place unless told `--no-install-compat32-libs`).
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -11,6 +12,12 @@ const MAX_TABLE: u64 = 1 << 20;
 fn u16_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from(u16::from_le_bytes(
         b.get(at..at + 2)?.try_into().ok()?,
+    )))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u32::from_le_bytes(
+        b.get(at..at + 4)?.try_into().ok()?,
     )))
 }
 
@@ -28,20 +35,54 @@ fn read_at<R: Read + Seek>(f: &mut R, offset: u64, len: u64) -> Option<Vec<u8>> 
     Some(buf)
 }
 
-/// The SONAME of a little-endian ELF64 shared object (x86_64, aarch64);
-/// None for anything else or anything malformed.
-pub fn soname<R: Read + Seek>(f: &mut R) -> Option<String> {
+/// ELF's two classes: a 64-bit library is the native one (x86_64), a
+/// 32-bit one is what NVIDIA's installer adds as compatibility libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Elf32,
+    Elf64,
+}
+
+/// Where the fields are in each class.
+struct Layout {
+    /// e_phoff, e_phentsize, e_phnum.
+    header: (usize, usize, usize),
+    /// A program header's size; its p_offset, p_vaddr, p_filesz.
+    phdr: (u64, usize, usize, usize),
+    /// A dynamic entry's size.
+    dyn_size: usize,
+    word: fn(&[u8], usize) -> Option<u64>,
+}
+
+const ELF64: Layout = Layout {
+    header: (32, 54, 56),
+    phdr: (56, 8, 16, 32),
+    dyn_size: 16,
+    word: u64_at,
+};
+
+const ELF32: Layout = Layout {
+    header: (28, 42, 44),
+    phdr: (32, 4, 8, 16),
+    dyn_size: 8,
+    word: u32_at,
+};
+
+/// The class and the SONAME of a little-endian ELF shared object; None
+/// for anything else or anything malformed.
+pub fn read<R: Read + Seek>(f: &mut R) -> Option<(Class, String)> {
     let header = read_at(f, 0, 64)?;
-    // Magic, 64-bit, little-endian.
-    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+    if header[..4] != *b"\x7fELF" || header[5] != 1 {
         return None;
     }
-    let (phoff, phentsize, phnum) = (
-        u64_at(&header, 32)?,
-        u16_at(&header, 54)?,
-        u16_at(&header, 56)?,
-    );
-    if phentsize < 56 {
+    let (class, l) = match header[4] {
+        1 => (Class::Elf32, ELF32),
+        2 => (Class::Elf64, ELF64),
+        _ => return None,
+    };
+    let phoff = (l.word)(&header, l.header.0)?;
+    let (phentsize, phnum) = (u16_at(&header, l.header.1)?, u16_at(&header, l.header.2)?);
+    if phentsize < l.phdr.0 {
         return None;
     }
     let phdrs = read_at(f, phoff, phentsize * phnum)?;
@@ -51,9 +92,9 @@ pub fn soname<R: Read + Seek>(f: &mut R) -> Option<String> {
         // p_offset, p_vaddr, p_filesz
         Some((
             kind,
-            u64_at(&phdrs, at + 8)?,
-            u64_at(&phdrs, at + 16)?,
-            u64_at(&phdrs, at + 32)?,
+            (l.word)(&phdrs, at + l.phdr.1)?,
+            (l.word)(&phdrs, at + l.phdr.2)?,
+            (l.word)(&phdrs, at + l.phdr.3)?,
         ))
     };
     let headers: Vec<_> = (0..phnum).filter_map(entry).collect();
@@ -62,8 +103,9 @@ pub fn soname<R: Read + Seek>(f: &mut R) -> Option<String> {
     let &(_, dyn_offset, _, dyn_size) = headers.iter().find(|h| h.0 == PT_DYNAMIC)?;
     let dynamic = read_at(f, dyn_offset, dyn_size)?;
     let (mut strtab, mut soname, mut strsz) = (None, None, None);
-    for tag in dynamic.chunks_exact(16) {
-        let (d_tag, d_val) = (u64_at(tag, 0)?, u64_at(tag, 8)?);
+    let half = l.dyn_size / 2;
+    for tag in dynamic.chunks_exact(l.dyn_size) {
+        let (d_tag, d_val) = ((l.word)(tag, 0)?, (l.word)(tag, half)?);
         match d_tag {
             0 => break,
             5 => strtab = Some(d_val),
@@ -84,7 +126,12 @@ pub fn soname<R: Read + Seek>(f: &mut R) -> Option<String> {
     )?;
     let name = table.get(usize::try_from(soname?).ok()?..)?;
     let end = name.iter().position(|&b| b == 0)?;
-    String::from_utf8(name[..end].to_vec()).ok()
+    Some((class, String::from_utf8(name[..end].to_vec()).ok()?))
+}
+
+/// The SONAME of a little-endian ELF shared object of either class.
+pub fn soname<R: Read + Seek>(f: &mut R) -> Option<String> {
+    read(f).map(|(_, name)| name)
 }
 
 #[cfg(test)]
@@ -103,6 +150,29 @@ mod tests {
         .expect("libc.so.6");
         let mut f = std::fs::File::open(libc).unwrap();
         assert_eq!(soname(&mut f).as_deref(), Some("libc.so.6"));
+    }
+
+    /// NVIDIA's 32-bit compatibility libraries are ELF32: their soname
+    /// is read too (built here as the stand-in installer builds them).
+    #[test]
+    fn reads_the_soname_of_a_32_bit_library() {
+        let dir = std::env::temp_dir().join(format!("pnh-elf32-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("libcuda.so");
+        let built = std::process::Command::new("cc")
+            .args(["-m32", "-shared", "-nostdlib", "-x", "c", "/dev/null"])
+            .arg("-Wl,-soname,libcuda.so.1")
+            .arg("-o")
+            .arg(&lib)
+            .status()
+            .unwrap();
+        assert!(built.success(), "cc -m32");
+        let mut f = std::fs::File::open(&lib).unwrap();
+        assert_eq!(
+            read(&mut f),
+            Some((Class::Elf32, "libcuda.so.1".to_string()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

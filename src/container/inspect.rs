@@ -5,7 +5,7 @@
 //! through the [`Probe`], with a deadline of its own and a bound on the
 //! bytes it hashes: a tenant's record or files cannot make it run longer.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use super::detect::{and_more, read_record, INSTALLER_LOG, INSTALLER_RECORD};
 use super::elf;
 use super::probe::Probe;
 use super::record::{self, Crc, Record};
+use super::vulkan;
 use crate::logging::bounded;
 use crate::version::DriverVersion;
 
@@ -81,8 +82,6 @@ pub struct Inspection {
     pub problems: Vec<String>,
     /// Problems beyond those listed.
     pub more_problems: usize,
-    /// Vulkan ICD files present that name a library not installed.
-    pub dangling_icds: Vec<String>,
 }
 
 /// A record of a tenant's could list 20,000 problems; a few name the trouble.
@@ -152,7 +151,8 @@ pub fn inspect_files(c: &Confined) -> Result<Inspection, ReadError> {
                     problems.push(format!("{path} changed since it was installed"));
                 }
             }
-            Ok(None) if record::is_vulkan_icd(path) && !record.has_graphics() => {}
+            // Removed after a compute-only install: see `vulkan`.
+            Ok(None) if vulkan::is_loader_file(path) && !record.has_graphics() => {}
             Ok(None) => problems.push(format!("{path} is missing")),
             Err(e) if e.cannot_tell() => return Err(e),
             Err(e) => problems.push(e.to_string()),
@@ -175,21 +175,24 @@ pub fn inspect_files(c: &Confined) -> Result<Inspection, ReadError> {
     }
     let v = &record.version;
     for lib in ["libcuda.so", "libnvidia-ml.so"] {
-        if let Some(path) = record.file_named(&format!("{lib}.{v}")) {
+        let name = format!("{lib}.{v}");
+        // The native library and, where they were installed, its 32-bit
+        // compatibility copy.
+        let copies = record
+            .files
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .filter(|p| p.rsplit('/').next() == Some(name.as_str()))
+            .collect::<BTreeSet<_>>();
+        for path in copies {
             if let Some(problem) = loader_problem(c, path) {
                 problems.push(problem);
             }
         }
     }
-    let dangling_icds: Vec<String> = record
-        .dangling_icds()
-        .into_iter()
-        .filter(|p| present.contains(p))
-        .map(str::to_owned)
-        .collect();
-    for icd in &dangling_icds {
+    for (file, library) in vulkan::dangling(c, &record, |p| present.contains(p))? {
         problems.push(format!(
-            "{icd} names libGLX_nvidia.so.0, which this compute-only install does not have: Vulkan applications fail"
+            "{file} names {library}, which this install does not have: Vulkan applications fail"
         ));
     }
     if let Some(errors) = installer_errors(c)? {
@@ -201,7 +204,6 @@ pub fn inspect_files(c: &Confined) -> Result<Inspection, ReadError> {
         capabilities,
         problems: problems.listed,
         more_problems: problems.more,
-        dangling_icds,
     })
 }
 

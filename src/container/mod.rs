@@ -7,7 +7,8 @@
 //!
 //! What is read: [`detect`] (the start-time check), [`inspect`] (`verify`'s
 //! whole inspection), and the parsers of what is read: [`record`]
-//! (nvidia-installer's), [`dpkg`], [`elf`], [`mounts`].
+//! (nvidia-installer's), [`dpkg`], [`elf`], [`mounts`], [`vulkan`] (the
+//! loader files the installer writes).
 
 pub mod confined;
 pub mod detect;
@@ -15,9 +16,11 @@ pub mod dpkg;
 pub mod elf;
 pub mod fork;
 pub mod inspect;
+pub mod ldcache;
 pub mod mounts;
 pub mod probe;
 pub mod record;
+pub mod vulkan;
 
 use std::path::PathBuf;
 use std::time::Duration;

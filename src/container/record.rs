@@ -18,6 +18,7 @@
 //! landed, not what a working driver needs; [`Record::missing_key_files`] says
 //! whether that is there.
 
+use super::vulkan::is_loader_file;
 use crate::version::{self, DriverVersion};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +131,10 @@ impl Record {
     }
 
     /// What must be in place for workloads, and what each must be: every
-    /// installed file and symlink they may read, except Vulkan ICD files of
-    /// a compute-only install (they name libGLX_nvidia, which
+    /// installed file and symlink they may read, except the Vulkan loader
+    /// files of a compute-only install (they name libraries
     /// `--no-opengl-files` leaves out, and are removed after the installer;
-    /// see [`is_vulkan_icd`]). Files no workload reads (documentation,
+    /// see [`super::vulkan`]). Files no workload reads (documentation,
     /// manual pages, firmware only the host's kernel loads) are left out: a
     /// tenant who removes them breaks nothing.
     pub fn workload_entries(&self) -> Vec<(&str, Expect<'_>)> {
@@ -146,20 +147,7 @@ impl Record {
                     .iter()
                     .map(|(p, t)| (p.as_str(), Expect::Link(t.as_str()))),
             )
-            .filter(|(p, _)| is_read_by_workloads(p) && (graphics || !is_vulkan_icd(p)))
-            .collect()
-    }
-
-    /// Vulkan ICD files that a compute-only install leaves pointing at a
-    /// library it did not install.
-    pub fn dangling_icds(&self) -> Vec<&str> {
-        if self.has_graphics() {
-            return Vec::new();
-        }
-        self.files
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .filter(|p| is_vulkan_icd(p))
+            .filter(|(p, _)| is_read_by_workloads(p) && (graphics || !is_loader_file(p)))
             .collect()
     }
 }
@@ -193,10 +181,9 @@ pub fn is_read_by_workloads(path: &str) -> bool {
         .any(|dir| path.starts_with(dir))
 }
 
-/// `.../vulkan/icd.d/nvidia_icd.json`, `.../vulkansc/icd.d/...`.
+/// `.../vulkan/icd.d/nvidia_icd.json`: what makes Vulkan available.
 pub fn is_vulkan_icd(path: &str) -> bool {
-    path.ends_with(".json")
-        && (path.contains("/vulkan/icd.d/") || path.contains("/vulkansc/icd.d/"))
+    path.ends_with(".json") && path.contains("/vulkan/icd.d/")
 }
 
 fn short(s: &str) -> String {
@@ -311,7 +298,6 @@ libcuda.so.550.144.03
         );
         assert!(r.missing_key_files().is_empty());
         assert!(!r.has_graphics());
-        assert_eq!(r.dangling_icds(), ["/etc/vulkan/icd.d/nvidia_icd.json"]);
         let entries = r.workload_entries();
         assert!(!entries
             .iter()
@@ -346,10 +332,33 @@ libcuda.so.550.144.03
         ))
         .unwrap();
         assert!(r.has_graphics());
-        assert!(r.dangling_icds().is_empty());
         assert!(r
             .workload_entries()
             .contains(&("/etc/vulkan/icd.d/nvidia_icd.json", Expect::File)));
+    }
+
+    /// A compute-only install's Vulkan and Vulkan SC loader files (ICDs and
+    /// the implicit layer) are removed when they dangle: not required.
+    #[test]
+    fn compute_only_loader_files_are_not_required() {
+        let r = Record::parse(&format!(
+            "{REAL}1: /etc/vulkan/implicit_layer.d/nvidia_layers.json\n8\n\
+             1: /etc/vulkansc/icd.d/nvidia_icd_vksc.json\n9\n"
+        ))
+        .unwrap();
+        assert!(!r
+            .workload_entries()
+            .iter()
+            .any(|(p, _)| p.ends_with(".json")));
+        let graphics = Record::parse(&format!(
+            "{REAL}1: /etc/vulkan/implicit_layer.d/nvidia_layers.json\n8\n\
+             1: /usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.550.144.03\n5\n"
+        ))
+        .unwrap();
+        assert!(graphics.workload_entries().contains(&(
+            "/etc/vulkan/implicit_layer.d/nvidia_layers.json",
+            Expect::File
+        )));
     }
 
     #[test]

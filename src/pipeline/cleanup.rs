@@ -11,6 +11,7 @@ use crate::container::confined::Kind;
 use crate::container::detect::ALTERNATE_INSTALL_MARKER;
 use crate::container::dpkg::is_package_name;
 use crate::container::ContainerCommand;
+use crate::error::refused;
 
 /// The distribution's driver, in Debian's, Ubuntu's and NVIDIA's CUDA
 /// repository's names: the libraries and tools a runfile install replaces,
@@ -126,13 +127,13 @@ fn refuse_collateral(job: &Job, purge: &[String]) -> Result<()> {
         .filter(|n| is_package_name(n) && !is_conflicting_package(n))
         .collect();
     if !kept.is_empty() {
-        bail!(
+        return Err(refused(format!(
             "purging the distribution's driver ({}) would also remove {}, which depend on it and are kept; \
              replace them with packages that do not depend on a driver package (NVIDIA's cuda-toolkit-*), \
              or purge the driver yourself, then start the container again",
             some_of(purge),
             some_of(&kept)
-        );
+        )));
     }
     Ok(())
 }

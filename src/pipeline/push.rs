@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::{in_ct, must, Job};
-use crate::container::confined::ReadError;
+use crate::container::confined::{Kind, ReadError};
 use crate::container::detect::{read_record, INSTALLER_LOG};
-use crate::container::ContainerCommand;
+use crate::container::{vulkan, ContainerCommand};
 use crate::logging::size;
 use crate::process::last_lines;
 use crate::runfile::{hex_digest, Runfile};
@@ -253,30 +253,26 @@ fn installer_log_tail(job: &Job) -> String {
     }
 }
 
-/// A compute-only install (`--no-opengl-files`) leaves the Vulkan ICD file
-/// naming libGLX_nvidia, which it did not install: the Vulkan loader then
-/// fails every application that asks for a device. The ICD goes; a
-/// graphics install keeps it.
-pub fn remove_dangling_icds(job: &Job) -> Result<()> {
-    let icds: Vec<String> = job.root.read(|c| {
-        Ok(match read_record(c)? {
-            Some(Ok(record)) => record
-                .dangling_icds()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        })
+/// A compute-only install (`--no-opengl-files`) leaves the Vulkan and
+/// Vulkan SC loader files naming libraries it did not install (see
+/// [`vulkan`]): the loader then fails every application that asks for a
+/// device, and loads the implicit layer into each. Such a file goes; one
+/// whose library is there stays.
+pub fn remove_dangling_loader_files(job: &Job) -> Result<()> {
+    let dangling = job.root.read(|c| {
+        let Some(Ok(record)) = read_record(c)? else {
+            return Ok(Vec::new());
+        };
+        vulkan::dangling(c, &record, |p| matches!(c.kind(p), Ok(Kind::File)))
     })?;
-    if icds.is_empty() {
+    if dangling.is_empty() {
         return Ok(());
     }
-    log::info!(
-        "compute-only: removing {} (it names libGLX_nvidia, which is not installed)",
-        icds.join(" ")
-    );
+    for (file, library) in &dangling {
+        log::info!("removing {file} (it names {library}, which this install does not have)");
+    }
     let mut argv = vec!["rm", "-f", "--"];
-    argv.extend(icds.iter().map(String::as_str));
+    argv.extend(dangling.iter().map(|(file, _)| file.as_str()));
     must(job, ContainerCommand::new(&argv, job.quick()?))?;
     Ok(())
 }

@@ -9,13 +9,16 @@ use anyhow::{anyhow, bail, Result};
 
 use serde::{Deserialize, Serialize};
 
+use super::{cuda_fit, Warning};
 use crate::config::Settings;
 use crate::container::confined::{Confined, Kind, ReadError};
 use crate::container::detect::{self, InstalledDriver};
 use crate::container::inspect::{self, Capabilities};
 use crate::container::probe::Probe;
 use crate::container::{ContainerCommand, Exec};
+use crate::cuda::Fit;
 use crate::version::{self, DriverVersion};
+use crate::vmid::Vmid;
 
 pub struct Verified {
     pub reported: DriverVersion,
@@ -23,6 +26,9 @@ pub struct Verified {
     pub graphics: bool,
     /// The host's driver, bind-mounted: what it offers is the host's.
     pub host_provided: bool,
+    /// The driver is whole, but not everything asked for is there: a
+    /// node workloads need, a CUDA toolkit the host's driver cannot run.
+    pub warnings: Vec<Warning>,
 }
 
 impl Verified {
@@ -41,26 +47,27 @@ impl Verified {
 }
 
 /// The whole driver as workloads will meet it; `quick` is each command's
-/// limit (in an install, what is left of its budget).
+/// limit (in an install, what is left of its budget). A missing
+/// `/dev/nvidia-uvm` is a warning: every file is in place, and the next
+/// start has nothing to reinstall.
 pub fn verify(
     exec: &dyn Exec,
     root: &Probe,
     host: &DriverVersion,
     settings: &Settings,
+    vmid: Vmid,
     quick: Duration,
 ) -> Result<Verified> {
     // The host's own driver, bind-mounted: no record of an install to read;
     // what workloads get is what nvidia-smi and the nodes say.
     if let InstalledDriver::HostProvided(_) = detect::detect_in(root) {
         let reported = verify_driver(exec, root, host, quick)?;
-        if !nodes(root)?.uvm {
-            bail!("{UVM} missing in the container");
-        }
         return Ok(Verified {
             reported,
             capabilities: Capabilities::default(),
             graphics: settings.graphics,
             host_provided: true,
+            warnings: passthrough_gap(root, vmid)?.into_iter().collect(),
         });
     }
     let inspection = inspect::inspect(root, settings.limits.verify_timeout)?;
@@ -96,24 +103,32 @@ pub fn verify(
         );
     }
     let reported = verify_driver(exec, root, host, quick)?;
-    if !nodes(root)?.uvm {
-        bail!(
-            "{UVM} missing in the container: CUDA and NVENC/NVDEC in applications need it (nvidia-smi does not); \
-             pass it (pct set <vmid> --devN {UVM}) and restart the container"
-        );
-    }
-    if settings.cuda.is_some() {
-        verify_nvcc(exec, quick)?;
+    let mut warnings: Vec<Warning> = passthrough_gap(root, vmid)?.into_iter().collect();
+    match cuda_fit(settings, host)? {
+        // Refused before it was downloaded: there is no nvcc to run.
+        Some(fit @ Fit::NeedsNewer { .. }) => warnings.extend(Warning::of_cuda(&fit, host)),
+        Some(_) => verify_nvcc(exec, quick)?,
+        None => {}
     }
     Ok(Verified {
         reported,
         capabilities: inspection.capabilities,
         graphics: settings.graphics,
         host_provided: false,
+        warnings,
     })
 }
 
 const UVM: &str = "/dev/nvidia-uvm";
+
+/// A node workloads need that the container lacks: `/dev/nvidia-uvm`
+/// (CUDA, and NVENC/NVDEC in applications, open it; nvidia-smi does not).
+pub fn passthrough_gap(root: &Probe, vmid: Vmid) -> Result<Option<Warning>> {
+    Ok((!nodes(root)?.uvm).then(|| Warning::PassthroughGap {
+        vmid,
+        node: UVM.to_string(),
+    }))
+}
 
 /// The device nodes workloads open, as the container has them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -26,8 +26,15 @@ pub struct Limits {
 }
 
 pub enum Attempt {
+    /// 404, or 403: NVIDIA's datacenter path answers 403 for a file it does
+    /// not have, so either sends the fetcher on to the next source.
     NotFound,
     Failed(anyhow::Error),
+}
+
+/// An answer that says the file is not there (see [`Attempt::NotFound`]).
+fn absent(code: u16) -> bool {
+    matches!(code, 403 | 404)
 }
 
 const ATTEMPTS: u32 = 3;
@@ -58,7 +65,7 @@ pub fn published_digest(
         Ok(response) => response,
         Err(Attempt::NotFound) => {
             return match agent.head(url).call() {
-                Err(ureq::Error::Status(404, _)) => Err(Attempt::NotFound),
+                Err(ureq::Error::Status(code, _)) if absent(code) => Err(Attempt::NotFound),
                 // Anything else is the download's to report.
                 _ => Ok(None),
             };
@@ -86,11 +93,11 @@ pub fn published_digest(
     Ok(Some(digest))
 }
 
-/// Whether `url` exists (200: yes, 404: no), asked once.
+/// Whether `url` exists (200: yes, 404 or 403: no), asked once.
 pub fn exists(agent: &ureq::Agent, url: &str) -> Result<bool> {
     match agent.head(url).call() {
         Ok(_) => Ok(true),
-        Err(ureq::Error::Status(404, _)) => Ok(false),
+        Err(ureq::Error::Status(code, _)) if absent(code) => Ok(false),
         Err(ureq::Error::Status(code, _)) => Err(anyhow!("{}: HTTP {code}", redact_url(url))),
         Err(ureq::Error::Transport(t)) => Err(anyhow!(
             "{}: {}",
@@ -303,7 +310,7 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1 << (attempt - 1).min(4))
 }
 
-/// A request with bounded retries: 404 is an answer, other 4xx and a
+/// A request with bounded retries: 404 and 403 are answers, other 4xx and a
 /// redirect to plain http are final, 5xx and transport errors are retried
 /// with backoff.
 fn get_with_retries(
@@ -316,7 +323,7 @@ fn get_with_retries(
     loop {
         let error = match agent.get(url).call() {
             Ok(r) => return Ok(r),
-            Err(ureq::Error::Status(404, _)) => return Err(Attempt::NotFound),
+            Err(ureq::Error::Status(code, _)) if absent(code) => return Err(Attempt::NotFound),
             Err(ureq::Error::Status(code, _)) if code < 500 => {
                 return Err(Attempt::Failed(anyhow!("{shown}: HTTP {code}")))
             }
@@ -402,7 +409,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         serve(listener, |line| {
-            if line.contains(".sha256sum") || line.contains("/gone.run") {
+            if line.contains("/tesla/") {
+                // NVIDIA's datacenter path: 403 for what it does not have.
+                403
+            } else if line.contains(".sha256sum") || line.contains("/gone.run") {
                 404
             } else {
                 200
@@ -422,6 +432,12 @@ mod tests {
             published_digest(&agent, &format!("{base}/gone.run"), &|_| {}),
             Err(Attempt::NotFound)
         ));
+        // Not a missing digest to pin, but a missing runfile: the next source.
+        assert!(matches!(
+            published_digest(&agent, &format!("{base}/tesla/gone.run"), &|_| {}),
+            Err(Attempt::NotFound)
+        ));
+        assert!(!exists(&agent, &format!("{base}/tesla/gone.run")).unwrap());
     }
 
     #[test]

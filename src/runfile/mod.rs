@@ -123,21 +123,40 @@ pub struct Fetcher<'a> {
 
 pub use http::Limits as DownloadLimits;
 
+/// No candidate has the runfile: each answered 404, or 403, which is how
+/// NVIDIA's datacenter path (a CDN over storage) answers for a file it
+/// does not have. The caller says what that means.
+#[derive(Debug)]
+pub struct NotFound {
+    /// Each source asked, as it may be shown.
+    pub tried: Vec<String>,
+}
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "runfile not found (404 or 403) at {}",
+            self.tried.join(" nor ")
+        )
+    }
+}
+
+impl std::error::Error for NotFound {}
+
 impl Fetcher<'_> {
-    /// A verified runfile from the first candidate that exists.
+    /// A verified runfile from the first candidate that has it; a
+    /// [`NotFound`] error when none does.
     pub fn obtain(&self, candidates: &[Source], configured: Option<&str>) -> Result<Runfile> {
-        let mut not_found = Vec::new();
+        let mut tried = Vec::new();
         for source in candidates {
             match self.obtain_one(source, configured) {
                 Ok(runfile) => return Ok(runfile),
-                Err(http::Attempt::NotFound) => not_found.push(source.shown()),
+                Err(http::Attempt::NotFound) => tried.push(source.shown()),
                 Err(http::Attempt::Failed(e)) => return Err(e),
             }
         }
-        Err(anyhow!(
-            "runfile not found (404) at {}",
-            not_found.join(" nor ")
-        ))
+        Err(NotFound { tried }.into())
     }
 
     fn obtain_one(
@@ -222,7 +241,7 @@ pub fn pin_hint(version: &str) -> String {
 /// `NVIDIA-Linux-x86_64-550.54.14.run` → `550.54.14`, for the pin hint.
 fn version_in(name: &str) -> String {
     crate::version::from_runfile_name(name)
-        .map(|v| v.to_string())
+        .map(|(v, _)| v.to_string())
         .unwrap_or_else(|_| "<version>".to_string())
 }
 
@@ -288,7 +307,9 @@ mod tests {
             .is_err());
     }
 
-    /// Answers 404 for `/missing/...`, the body for anything else, and counts requests.
+    /// Answers 404 for `/missing/...`, 403 for `/forbidden/...` (as
+    /// NVIDIA's datacenter path does for a file it lacks), the body for
+    /// anything else, and counts requests.
     fn serve(body: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -304,6 +325,8 @@ mod tests {
                 while reader.read_line(&mut String::new()).unwrap_or(0) > 2 {}
                 let reply = if line.contains("/missing/") {
                     b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()
+                } else if line.contains("/forbidden/") {
+                    b"HTTP/1.0 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_vec()
                 } else {
                     let mut r =
                         format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
@@ -378,9 +401,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("runfile not found (404) at http://"),
+            err.starts_with("runfile not found (404 or 403) at http://"),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A 403 sends the fetcher on to the next source as a 404 does; none
+    /// having it is a [`NotFound`] for the caller to explain.
+    #[test]
+    fn a_403_tries_the_next_source() {
+        let (port, _) = serve(b"abc");
+        let dir = std::env::temp_dir().join(format!("pnh-403-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let locks = Locks::new(&dir.join("lock"));
+        let url = |p: &str| {
+            Source::Http(format!(
+                "http://127.0.0.1:{port}/{p}/NVIDIA-Linux-x86_64-550.54.14.run"
+            ))
+        };
+        let fetcher = fetcher(&dir, &locks, true);
+        let got = fetcher.obtain(&[url("forbidden"), url("public")], None);
+        assert_eq!(read_all(&got.unwrap()), b"abc");
+        let err = fetcher
+            .obtain(&[url("missing"), url("forbidden")], Some(ABC))
+            .unwrap_err();
+        let missing = err.downcast_ref::<NotFound>().expect("a NotFound");
+        assert_eq!(missing.tried.len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -17,6 +17,8 @@ pub struct Locks {
     pub(super) dir: PathBuf,
 }
 
+const PREFETCH_LOCK: &str = "prefetch.lock";
+
 /// A held flock, released when dropped (or by the kernel when its holder
 /// dies, however it dies).
 pub struct Held {
@@ -50,10 +52,25 @@ impl Locks {
     /// lock file of ours, in our private folder, counts: a file someone else
     /// planted never reads as "installing".
     pub fn is_installing(&self, vmid: Vmid) -> bool {
+        self.is_held(&format!("{vmid}.lock"))
+    }
+
+    /// Held by a `prefetch` for as long as it fetches; None when another
+    /// holds it.
+    pub fn try_prefetch(&self) -> Result<Option<Held>> {
+        try_lock(&self.dir, PREFETCH_LOCK)
+    }
+
+    /// True while a `prefetch` fetches.
+    pub fn is_prefetching(&self) -> bool {
+        self.is_held(PREFETCH_LOCK)
+    }
+
+    fn is_held(&self, name: &str) -> bool {
         if fsutil::check_trusted(&self.dir).is_err() {
             return false;
         }
-        let path = self.dir.join(format!("{vmid}.lock"));
+        let path = self.dir.join(name);
         let Ok(fd) = rustix::fs::open(
             &path,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
@@ -92,8 +109,19 @@ impl Locks {
 
     /// Serialises this node's writers of its published status.
     pub fn publish(&self) -> Result<Held> {
-        let fd = open_lock(&self.dir, "publish.lock")?;
-        rustix::fs::flock(&fd, FlockOperation::LockExclusive).context("locking publish.lock")?;
+        self.exclusive("publish.lock")
+    }
+
+    /// Serialises deciding and recording a notification to the admin (at
+    /// most one an hour per container and host version).
+    pub fn notify(&self) -> Result<Held> {
+        self.exclusive("notify.lock")
+    }
+
+    fn exclusive(&self, name: &str) -> Result<Held> {
+        let fd = open_lock(&self.dir, name)?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {name}"))?;
         Ok(Held { _fd: fd })
     }
 
@@ -114,6 +142,29 @@ impl Locks {
             crate::cancel::check()?;
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+}
+
+/// A container's config lock as Proxmox takes it (pve-guest-common's
+/// `lock_config`: an flock on `<dir>/pve-config-<vmid>.lock`, given up
+/// after 10 s), for a change `pct set` cannot make.
+pub fn config_lock(dir: &Path, vmid: Vmid) -> Result<Held> {
+    let name = format!("pve-config-{vmid}.lock");
+    let fd = open_lock(dir, &name)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Held { _fd: fd }),
+            Err(Errno::WOULDBLOCK | Errno::INTR) if std::time::Instant::now() < deadline => {}
+            Err(Errno::WOULDBLOCK | Errno::INTR) => bail!(
+                "can't lock file '{}' - got timeout",
+                dir.join(&name).display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("locking {}", dir.join(&name).display()))
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -8,8 +8,8 @@ mod slots;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use locks::{Held, Locks};
-pub use results::{LastResult, Results};
+pub use locks::{config_lock, Held, Locks};
+pub use results::{LastResult, Prefetched, Results};
 pub use slots::Slot;
 
 /// Seconds since the epoch, for what is recorded (0 on a clock before it).

@@ -8,9 +8,12 @@
 #   sandbox.sh base [RELEASE]               cached Debian root (bookworm, Debian 12, unless
 #                                           RELEASE is trixie, Debian 13: Proxmox VE 9's);
 #                                           prints its path
-#   sandbox.sh runfile VERSION DIR [ok|fail|slow|real]  builds DIR/NVIDIA-Linux-x86_64-VERSION.run
+#   sandbox.sh runfile VERSION DIR [ok|fail|slow|real|no-compat32]
+#                                           builds DIR/NVIDIA-Linux-x86_64-VERSION.run
 #                                           (real: NVIDIA's own nvidia-smi, libnvidia-ml and
-#                                           libcuda from Debian's packages, 535.261.03 only)
+#                                           libcuda from Debian's packages, 535.261.03 only;
+#                                           no-compat32: ...-VERSION-no-compat32.run, NVIDIA's
+#                                           variant without the 32-bit libraries)
 #   sandbox.sh debs                         Debian's NVIDIA packages, cached; prints their folder
 #   sandbox.sh fuse-blackhole               the hostile FUSE daemon, built once; prints its path
 #   sandbox.sh uffd-trap                    the tenant's userfaultfd trap, built once; prints its path
@@ -18,6 +21,7 @@
 #                                           included), built once; prints its path
 #   sandbox.sh cuda-runfile DIR             builds DIR/cuda_12.4.1_550.54.15_linux.run
 #   sandbox.sh host-version WORK VERSION    the host "loads" driver VERSION
+#   sandbox.sh stub-lib FILE SONAME [-m32]  a real ELF library with that soname
 #   sandbox.sh up VMID WORK [gpu|nogpu] [TAGS] [OPTION...]
 #                                           creates and starts container VMID; options:
 #                                           fuse (/dev/fuse passed, as features: fuse=1),
@@ -34,8 +38,20 @@
 #                                           hook mounts a volume; `sandbox.sh umount VMID`
 #                                           unmounts it as its post-stop hook does),
 #                                           release=trixie (a Debian 13 root instead of
-#                                           Debian 12's)
+#                                           Debian 12's), realnodes (the
+#                                           test's own nodes in WORK/devnodes bound instead
+#                                           of the stand-in files), idmap (unprivileged by
+#                                           lxc.idmap lines alone, no `unprivileged: 1`),
+#                                           raw=FILE (its `lxc.key = value` lines added to
+#                                           both configs, in Proxmox's as `lxc.key: value`)
+#   sandbox.sh restart VMID WORK            stops it and starts it as Proxmox does after a
+#                                           config change: its pending changes applied (WORK/bin/pct
+#                                           start), the nodes of the devN entries of
+#                                           WORK/pve/lxc/VMID.conf made and bound in (see `up`'s
+#                                           dev), those of earlier starts gone
 #   sandbox.sh down VMID                    stops and destroys it
+#   sandbox.sh reboot-inside VMID           stops and starts it again as a reboot from
+#                                           inside does: no Proxmox hook phase runs
 #   sandbox.sh umount VMID                  unmounts a stopped container's volume (fails
 #                                           while anything still holds it)
 #   sandbox.sh subids [PREFIX]              gives root the subordinate ids Proxmox gives it
@@ -105,9 +121,10 @@ crc() {
     "$here/../fakes/nvidia-crc" "$1"
 }
 
-# A real ELF shared object with the given soname (it exports nothing).
+# A real ELF shared object with the given soname (it exports nothing);
+# 64-bit, or 32-bit with -m32.
 stub_lib() {
-    cc -shared -nostdlib -x c /dev/null "-Wl,-soname,$2" -o "$1"
+    cc "${3:--m64}" -shared -nostdlib -x c /dev/null "-Wl,-soname,$2" -o "$1"
 }
 
 debs() {
@@ -116,21 +133,28 @@ debs() {
 
 # A driver runfile the way NVIDIA builds one: a shell header that states
 # its payload size and passes arguments on, an uncompressed tar payload with
-# nvidia-installer, a manifest of typed files (GL ones among them), and the
-# files. MODE real: nvidia-smi, libnvidia-ml and libcuda are NVIDIA's own,
-# from Debian's packages.
+# nvidia-installer, a manifest of typed files (GL ones, 32-bit ones, firmware,
+# systemd units and the Vulkan loader files among them), and the files: real
+# ELF libraries with NVIDIA's sonames (libnvidia-container's nvc_info.c lists
+# them by what they serve). MODE real: nvidia-smi, libnvidia-ml and libcuda
+# are NVIDIA's own, from Debian's packages; no-compat32: NVIDIA's variant
+# without the 32-bit libraries, NVIDIA-Linux-x86_64-VERSION-no-compat32.run.
 runfile() {
-    local version=$1 dir=$2 mode=${3:-ok} stage payload lib=/usr/lib/x86_64-linux-gnu debdir x
+    local version=$1 dir=$2 mode=${3:-ok} stage payload lib=/usr/lib/x86_64-linux-gnu debdir x name
+    name="NVIDIA-Linux-x86_64-$version"
+    [ "$mode" = no-compat32 ] && name="$name-no-compat32"
     stage=$(mktemp -d)
-    payload="$stage/NVIDIA-Linux-x86_64-$version"
+    payload="$stage/$name"
     mkdir -p "$payload"
-    sed "s/@VERSION@/$version/" "$here/stand-in/nvidia-installer" > "$payload/nvidia-installer"
+    for tool in nvidia-installer nvidia-uninstall; do
+        sed -e "s/@VERSION@/$version/" -e "/^@BACKUP_LOG@\$/{r $here/stand-in/backup-log.sh" -e 'd}' \
+            "$here/stand-in/$tool" > "$payload/$tool"
+    done
     case "$mode" in
         fail) sed -i 's/^@FAIL@$/fail "Unable to load the kernel module nvidia.ko (stand-in failure)"/' "$payload/nvidia-installer" ;;
         slow) sed -i 's/^@FAIL@$/sleep 5/' "$payload/nvidia-installer" ;;
         *) sed -i '/^@FAIL@$/d' "$payload/nvidia-installer" ;;
     esac
-    cp "$here/stand-in/nvidia-uninstall" "$payload/"
     if [ "$mode" = real ]; then
         [ "$version" = 535.261.03 ] || { echo "sandbox: real binaries exist for 535.261.03 only" >&2; exit 1; }
         debdir=$(debs)
@@ -145,35 +169,99 @@ runfile() {
         stub_lib "$payload/libnvidia-ml.so.$version" libnvidia-ml.so.1
         stub_lib "$payload/libcuda.so.$version" libcuda.so.1
     fi
-    stub_lib "$payload/libnvidia-encode.so.$version" libnvidia-encode.so.1
-    stub_lib "$payload/libnvcuvid.so.$version" libnvcuvid.so.1
-    stub_lib "$payload/libGLX_nvidia.so.$version" libGLX_nvidia.so.0
-    stub_lib "$payload/libEGL_nvidia.so.$version" libEGL_nvidia.so.0
-    stub_lib "$payload/libGLX.so.0" libGLX.so.0
-    stub_lib "$payload/libGLdispatch.so.0" libGLdispatch.so.0
-    printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.260"}}\n' > "$payload/nvidia_icd.json"
+    local l so
+    # file soname: compute, video, utility, then graphics (nvc_info.c).
+    for l in "libnvidia-ptxjitcompiler.so.$version libnvidia-ptxjitcompiler.so.1" \
+        "libnvidia-opencl.so.$version libnvidia-opencl.so.1" \
+        "libnvidia-allocator.so.$version libnvidia-allocator.so.1" \
+        "libnvidia-cfg.so.$version libnvidia-cfg.so.1" \
+        "libnvidia-encode.so.$version libnvidia-encode.so.1" \
+        "libnvcuvid.so.$version libnvcuvid.so.1" \
+        "libnvidia-glcore.so.$version libnvidia-glcore.so.$version" \
+        "libnvidia-tls.so.$version libnvidia-tls.so.$version" \
+        "libnvidia-eglcore.so.$version libnvidia-eglcore.so.$version" \
+        "libGLX_nvidia.so.$version libGLX_nvidia.so.0" \
+        "libEGL_nvidia.so.$version libEGL_nvidia.so.0" \
+        "libnvidia-vksc-core.so.$version libnvidia-vksc-core.so.1" \
+        "libGLX.so.0 libGLX.so.0" \
+        "libGLdispatch.so.0 libGLdispatch.so.0" \
+        "libEGL.so.1 libEGL.so.1" \
+        "libGL.so.1 libGL.so.1"; do
+        so=${l#* }
+        stub_lib "$payload/${l%% *}" "$so"
+    done
+    if [ "$mode" != no-compat32 ]; then
+        touch "$payload/compat32-packaged"
+        stub_lib "$payload/libcuda.so.$version.32" libcuda.so.1 -m32
+        stub_lib "$payload/libnvidia-ml.so.$version.32" libnvidia-ml.so.1 -m32
+        stub_lib "$payload/libGLX_nvidia.so.$version.32" libGLX_nvidia.so.0 -m32
+    fi
+    printf '{"file_format_version": "1.0.1", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.277"}}\n' > "$payload/nvidia_icd.json"
+    printf '{"file_format_version": "1.0.0", "layer": {"name": "VK_LAYER_NV_optimus", "type": "INSTANCE", "library_path": "libGLX_nvidia.so.0", "api_version": "1.3.277", "implementation_version": "1"}}\n' > "$payload/nvidia_layers.json"
+    printf '{"file_format_version": "1.0.1", "ICD": {"library_path": "libnvidia-vksc-core.so.1", "api_version": "1.0.14"}}\n' > "$payload/nvidia_icd_vksc.json"
+    printf 'libnvidia-opencl.so.1\n' > "$payload/nvidia.icd"
+    head -c 4096 /dev/urandom > "$payload/gsp_ga10x.bin"
+    head -c 4096 /dev/urandom > "$payload/gsp_tu10x.bin"
+    for unit in nvidia-suspend nvidia-hibernate nvidia-resume; do
+        printf '[Unit]\nDescription=NVIDIA system %s actions\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/nvidia-sleep.sh "%s"\n' "$unit" "${unit#nvidia-}" > "$payload/$unit.service"
+    done
+    printf '#!/bin/sh\n/usr/bin/nvidia-sleep.sh "$1"\n' > "$payload/nvidia-sleep"
     chmod 755 "$payload"/*
     (
         cd "$payload"
-        f() { echo "$1 $2 $3 $(crc "$2")"; }
-        l() { echo "$1 - $2 $3"; }
+        # TYPE ARCH FILE DESTINATION CRC-or-TARGET
+        f() { echo "$1 - $2 $3 $(crc "$2")"; }
+        f32() { echo "$1 COMPAT32 $2 $3 $(crc "$2")"; }
+        l() { echo "$1 - - $2 $3"; }
+        l32() { echo "$1 COMPAT32 - $2 $3"; }
         f UTILITY_BINARY nvidia-smi /usr/bin/nvidia-smi
         f UTILITY_BINARY nvidia-uninstall /usr/bin/nvidia-uninstall
         f UTILITY_LIB "libnvidia-ml.so.$version" "$lib/libnvidia-ml.so.$version"
         l UTILITY_LIB_SYMLINK "$lib/libnvidia-ml.so.1" "libnvidia-ml.so.$version"
+        f UTILITY_LIB "libnvidia-cfg.so.$version" "$lib/libnvidia-cfg.so.$version"
+        l UTILITY_LIB_SYMLINK "$lib/libnvidia-cfg.so.1" "libnvidia-cfg.so.$version"
         f CUDA_LIB "libcuda.so.$version" "$lib/libcuda.so.$version"
         l CUDA_SYMLINK "$lib/libcuda.so.1" "libcuda.so.$version"
+        f CUDA_LIB "libnvidia-ptxjitcompiler.so.$version" "$lib/libnvidia-ptxjitcompiler.so.$version"
+        l CUDA_SYMLINK "$lib/libnvidia-ptxjitcompiler.so.1" "libnvidia-ptxjitcompiler.so.$version"
+        f CUDA_LIB "libnvidia-allocator.so.$version" "$lib/libnvidia-allocator.so.$version"
+        l CUDA_SYMLINK "$lib/libnvidia-allocator.so.1" "libnvidia-allocator.so.$version"
+        f OPENCL_LIB "libnvidia-opencl.so.$version" "$lib/libnvidia-opencl.so.$version"
+        l OPENCL_LIB_SYMLINK "$lib/libnvidia-opencl.so.1" "libnvidia-opencl.so.$version"
+        f CUDA_ICD nvidia.icd /etc/OpenCL/vendors/nvidia.icd
         f ENCODEAPI_LIB "libnvidia-encode.so.$version" "$lib/libnvidia-encode.so.$version"
         l ENCODEAPI_LIB_SYMLINK "$lib/libnvidia-encode.so.1" "libnvidia-encode.so.$version"
         f NVCUVID_LIB "libnvcuvid.so.$version" "$lib/libnvcuvid.so.$version"
         l NVCUVID_LIB_SYMLINK "$lib/libnvcuvid.so.1" "libnvcuvid.so.$version"
+        f OPENGL_LIB "libnvidia-glcore.so.$version" "$lib/libnvidia-glcore.so.$version"
+        f OPENGL_LIB "libnvidia-eglcore.so.$version" "$lib/libnvidia-eglcore.so.$version"
+        f TLS_LIB "libnvidia-tls.so.$version" "$lib/libnvidia-tls.so.$version"
         f GLX_CLIENT_LIB "libGLX_nvidia.so.$version" "$lib/libGLX_nvidia.so.$version"
         l GLX_CLIENT_SYMLINK "$lib/libGLX_nvidia.so.0" "libGLX_nvidia.so.$version"
         f EGL_CLIENT_LIB "libEGL_nvidia.so.$version" "$lib/libEGL_nvidia.so.$version"
         l EGL_CLIENT_SYMLINK "$lib/libEGL_nvidia.so.0" "libEGL_nvidia.so.$version"
+        f OPENGL_LIB "libnvidia-vksc-core.so.$version" "$lib/libnvidia-vksc-core.so.$version"
         f GLVND_LIB libGLX.so.0 "$lib/libGLX.so.0"
         f GLVND_LIB libGLdispatch.so.0 "$lib/libGLdispatch.so.0"
+        f GLVND_LIB libEGL.so.1 "$lib/libEGL.so.1"
+        f GLVND_LIB libGL.so.1 "$lib/libGL.so.1"
         f VULKAN_ICD_JSON nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json
+        f VULKAN_ICD_JSON nvidia_layers.json /etc/vulkan/implicit_layer.d/nvidia_layers.json
+        f VULKANSC_ICD_JSON nvidia_icd_vksc.json /etc/vulkansc/icd.d/nvidia_icd_vksc.json
+        f FIRMWARE gsp_ga10x.bin "/lib/firmware/nvidia/$version/gsp_ga10x.bin"
+        f FIRMWARE gsp_tu10x.bin "/lib/firmware/nvidia/$version/gsp_tu10x.bin"
+        f SYSTEMD_UNIT nvidia-suspend.service /usr/lib/systemd/system/nvidia-suspend.service
+        f SYSTEMD_UNIT nvidia-hibernate.service /usr/lib/systemd/system/nvidia-hibernate.service
+        f SYSTEMD_UNIT nvidia-resume.service /usr/lib/systemd/system/nvidia-resume.service
+        f SYSTEMD_SLEEP_SCRIPT nvidia-sleep /usr/lib/systemd/system-sleep/nvidia
+        if [ -e compat32-packaged ]; then
+            f32 CUDA_LIB "libcuda.so.$version.32" "libcuda.so.$version"
+            l32 CUDA_SYMLINK libcuda.so.1 "libcuda.so.$version"
+            f32 UTILITY_LIB "libnvidia-ml.so.$version.32" "libnvidia-ml.so.$version"
+            l32 UTILITY_LIB_SYMLINK libnvidia-ml.so.1 "libnvidia-ml.so.$version"
+            f32 GLX_CLIENT_LIB "libGLX_nvidia.so.$version.32" "libGLX_nvidia.so.$version"
+            l32 GLX_CLIENT_SYMLINK libGLX_nvidia.so.0 "libGLX_nvidia.so.$version"
+        fi
     ) > "$payload/manifest"
     local lines usize
     lines=$(wc -l < "$here/stand-in/makeself-header.sh")
@@ -181,10 +269,10 @@ runfile() {
     mkdir -p "$dir"
     sed -e "s/@SKIP@/$((lines + 1))/" -e "s/@USIZE@/$usize/" \
         -e "s/@LABEL@/NVIDIA Accelerated Graphics Driver for Linux-x86_64 $version (stand-in)/" \
-        -e "s/@TARGETDIR@/NVIDIA-Linux-x86_64-$version/" \
+        -e "s/@TARGETDIR@/$name/" \
         "$here/stand-in/makeself-header.sh" > "$stage/header"
-    cat "$stage/header" > "$dir/NVIDIA-Linux-x86_64-$version.run"
-    tar cf - -C "$stage" "NVIDIA-Linux-x86_64-$version" >> "$dir/NVIDIA-Linux-x86_64-$version.run"
+    cat "$stage/header" > "$dir/$name.run"
+    tar cf - -C "$stage" "$name" >> "$dir/$name.run"
     rm -rf "$stage"
 }
 
@@ -246,7 +334,7 @@ host_version() {
 up() {
     local vmid=$1 work=$2 gpu=${3:-gpu} tags=${4-nvidia} root dir opt fuse=no hostdriver=no
     local nodes="nvidia0 nvidiactl nvidia-uvm" version unprivileged=no dev=no dev_mode=0660 volume=no
-    local release=bookworm
+    local release=bookworm nodedir="$work/dev" idmap=no raw=
     shift 4 2>/dev/null || shift $#
     for opt in "$@"; do
         case "$opt" in
@@ -259,6 +347,9 @@ up() {
             dev=*) dev=yes; dev_mode=${opt#dev=} ;;
             volume) volume=yes ;;
             release=*) release=${opt#release=} ;;
+            realnodes) nodedir="$work/devnodes" ;;
+            idmap) unprivileged=yes; idmap=yes ;;
+            raw=*) raw=${opt#raw=} ;;
             *) echo "sandbox: unknown option $opt" >&2; exit 2 ;;
         esac
     done
@@ -308,7 +399,12 @@ up() {
         echo "rootfs: $rootfs_path"
         [ -n "$tags" ] && echo "tags: $tags"
         [ "$fuse" = yes ] && echo "features: fuse=1"
-        [ "$unprivileged" = yes ] && echo "unprivileged: 1"
+        if [ "$idmap" = yes ]; then
+            echo "lxc.idmap: u 0 100000 65536"
+            echo "lxc.idmap: g 0 100000 65536"
+        elif [ "$unprivileged" = yes ]; then
+            echo "unprivileged: 1"
+        fi
         if [ "$gpu" = gpu ] && [ "$dev" = yes ]; then
             i=0
             for n in $nodes; do
@@ -321,12 +417,13 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry: $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry: $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry: $m"; done
         fi
+        [ -z "$raw" ] || sed 's/ = /: /' "$raw"
     } > "$work/pve/lxc/$vmid.conf"
     {
         echo "lxc.uts.name = ct$vmid"
@@ -360,13 +457,62 @@ up() {
             done
         elif [ "$gpu" = gpu ]; then
             for n in $nodes; do
-                echo "lxc.mount.entry = $work/dev/$n dev/$n none bind,optional,create=file"
+                echo "lxc.mount.entry = $nodedir/$n dev/$n none bind,optional,create=file"
             done
         fi
         if [ "$hostdriver" = yes ]; then
             for m in "${driver_mounts[@]}"; do echo "lxc.mount.entry = $m"; done
         fi
+        [ -z "$raw" ] || cat "$raw"
     } > "$dir/config"
+    lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
+    lxc-wait -n "$vmid" -s RUNNING -t 30
+}
+
+# A start as Proxmox makes it after a config change: the nodes of the devN
+# entries of the current config (above any [section]) made as pve-container's
+# create_passthrough_device_node makes them (mode 0660 unless mode=; owned
+# by the container's uid/gid 0 unless uid=/gid=, which are the container's
+# ids, mapped through its idmap) and bound in, replacing the binds of earlier
+# starts. The sandbox's GPU "nodes" are files (their content is the stand-in
+# node's, where there is one).
+restart() {
+    local vmid=$1 work=$2 dir conf passthrough offset=0 line value o path mode uid gid n
+    dir="$lxcpath/$vmid"
+    conf="$work/pve/lxc/$vmid.conf"
+    passthrough="$work/passthrough/$vmid"
+    lxc-stop -n "$vmid" -k 2>/dev/null || true
+    # vm_start applies the pending changes first.
+    "$work/bin/pct" start "$vmid"
+    if sed '/^\[/q' "$conf" | grep -qE '^(unprivileged: 1|lxc\.idmap)'; then
+        offset=100000
+    fi
+    rm -rf "$passthrough"
+    mkdir -p "$passthrough"
+    grep -vF " = $passthrough/" "$dir/config" > "$dir/config.new" || true
+    while IFS= read -r line; do
+        case "$line" in dev[0-9]*:\ *) ;; *) continue ;; esac
+        value=${line#*: }
+        path= mode=0660 uid=0 gid=0
+        IFS=, read -ra opts <<< "$value"
+        for o in "${opts[@]}"; do
+            case "$o" in
+                path=*) path=${o#path=} ;;
+                mode=*) mode=${o#mode=} ;;
+                uid=*) uid=${o#uid=} ;;
+                gid=*) gid=${o#gid=} ;;
+                deny-write=*) ;;
+                *) path=$o ;;
+            esac
+        done
+        n=${path#/dev/}
+        mkdir -p "$(dirname "$passthrough/$n")"
+        if [ -f "$work/dev/$n" ]; then cp "$work/dev/$n" "$passthrough/$n"; else : > "$passthrough/$n"; fi
+        chmod "$mode" "$passthrough/$n"
+        chown "$((uid + offset)):$((gid + offset))" "$passthrough/$n"
+        echo "lxc.mount.entry = $passthrough/$n dev/$n none bind,create=file" >> "$dir/config.new"
+    done < <(sed '/^\[/q' "$conf")
+    mv "$dir/config.new" "$dir/config"
     lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
@@ -486,7 +632,8 @@ cluster() {
         mkdir -p "$work/cluster/pve-nvidia-hook"
         ln -sfn ../../cluster/pve-nvidia-hook "$v/pve/pve-nvidia-hook"
         echo "$v/root" > "$v/storage_root"
-        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$v/bin/"
+        echo "$v/devnodes" > "$v/host_dev"
+        cp "$top/tests/fakes/pct" "$top/tests/fakes/pvesh" "$top/tests/fakes/pve_storage.py" "$v/bin/"
         printf '#!/bin/sh\necho "$*" >> "%s"\nexec "%s" "$@"\n' "$v/attach.log" "$(command -v lxc-attach)" > "$v/bin/lxc-attach"
         chmod 755 "$v/bin/lxc-attach"
         : > "$v/attach.log"
@@ -499,6 +646,13 @@ migrate() {
     lxc-stop -n "$vmid" -k
     mv "$work/cluster/nodes/$from/lxc/$vmid.conf" "$work/cluster/nodes/$to/lxc/$vmid.conf"
     sed -i "s#$work/node-$from/#$work/node-$to/#g" "$work/cluster/nodes/$to/lxc/$vmid.conf" "$dir/config"
+    lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
+    lxc-wait -n "$vmid" -s RUNNING -t 30
+}
+
+reboot_inside() {
+    local vmid=$1
+    lxc-stop -n "$vmid" -k
     lxc-start -n "$vmid" -d ${PNH_LXC_LOG:+-l DEBUG -o "$PNH_LXC_LOG"}
     lxc-wait -n "$vmid" -s RUNNING -t 30
 }
@@ -525,7 +679,10 @@ case "$cmd" in
     migrate) migrate "$@" ;;
     cuda-runfile) cuda_runfile "$@" ;;
     host-version) host_version "$@" ;;
+    stub-lib) stub_lib "$@" ;;
     up) up "$@" ;;
+    restart) restart "$@" ;;
+    reboot-inside) reboot_inside "$@" ;;
     down) down "$@" ;;
     umount) umount "$lxcpath/$1/rootfs" ;;
     subids) subids "$@" ;;

@@ -8,7 +8,8 @@ version=@VERSION@
 tmpdir=
 while [ $# -gt 0 ]; do
   case "$1" in
-    --silent|--no-x-check|--no-nouveau-check|--no-opengl-files|--no-kernel-module) ;;
+    --silent|--no-x-check|--no-nouveau-check|--no-opengl-files|--no-kernel-module|\
+    --no-systemd|--no-install-compat32-libs|--install-libglvnd|--no-nvidia-modprobe) ;;
     --tmpdir) tmpdir=$2; shift ;;
     *) echo "ERROR: unknown option $1" >&2; exit 1 ;;
   esac

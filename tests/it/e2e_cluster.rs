@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use serde_json::{json, Value};
 
 use crate::sandbox::{chmod, sh, Sandbox, V1, V2};
-use crate::support::{self, expect_exit, text, write, FileServer, TempDir};
+use crate::support::{self, expect_exit, mknod, text, write, FileServer, TempDir};
 
 /// Two nodes, `a` (driver V1) and `b` (driver V2), sharing /etc/pve and a
 /// runfile cache; each node runs the tool with its own configuration.
@@ -125,13 +125,15 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Issues 11.1–11.3 and the shared cache: enable on node a with a
+/// Issues 11.1–11.3, 18.2 and the shared cache: enable on node a with a
 /// node-local snippet is refused while node b lacks it; once every node
-/// has it (the package's postinst), the container is enabled with its own
-/// hookscript chained; doctor names what is missing where; after a restart
-/// migration to node b the chained hookscript still runs there, b installs
-/// its own driver version from the one cache, `status --cluster` on a shows
-/// it, and `disable` on b restores the chained hookscript.
+/// has it (the package's postinst), the chain waits for b to have our
+/// snippet under the chain's name (b's `sync` places it); then the
+/// container's hookscript names the chain; doctor names what is missing
+/// where; after a restart migration to node b the chained hookscript still
+/// runs there, b installs its own driver version from the one cache,
+/// `status --cluster` on a shows it, and `disable` on b restores the
+/// chained hookscript.
 #[test]
 #[ignore = "needs root and LXC; `make test` as root runs it"]
 fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
@@ -166,11 +168,22 @@ fn e2e_a_container_enabled_on_one_node_migrates_to_the_other() {
         "pve-nvidia-hook",
         include_str!("../../hooks/pve-nvidia-hook"),
     );
+    // Issue 18.2: the hookscript will name the chain, so b needs our
+    // snippet under the chain's name first; b's sync places it.
+    let waiting = c.run("a", &["enable", "--chain", "--now", "9150"]);
+    expect_exit(&waiting, 1, "is not on b yet");
+    assert!(
+        c.conf(9150)
+            .contains("hookscript: local:snippets/site-hook"),
+        "the container keeps its hookscript meanwhile"
+    );
+    let synced = c.run("b", &["sync"]);
+    assert_eq!(synced.status.code(), Some(0), "{}", text(&synced));
     let out = c.run("a", &["enable", "--chain", "--now", "9150"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(c
         .conf(9150)
-        .contains("hookscript: local:snippets/pve-nvidia-hook"));
+        .contains("hookscript: local:snippets/pve-nvidia-hook."));
     assert_eq!(
         std::fs::read_dir(c.work.path().join("cluster/pve-nvidia-hook/chain"))
             .unwrap()
@@ -274,15 +287,8 @@ fn e2e_device_access_in_unprivileged_containers_as_proxmox_makes_it() {
     let mut sb = Sandbox::new("unpriv");
     // The host's "nodes", as doctor compares them.
     let devnodes = sb.dir().join("devnodes");
-    std::fs::create_dir_all(&devnodes).unwrap();
-    for (name, minor) in [("nvidia0", "0"), ("nvidiactl", "255")] {
-        let made = Command::new("mknod")
-            .args(["-m", "0660"])
-            .arg(devnodes.join(name))
-            .args(["c", "195", minor])
-            .status()
-            .unwrap();
-        assert!(made.success());
+    for (name, minor) in [("nvidia0", 0), ("nvidiactl", 255)] {
+        mknod(&devnodes.join(name), 0o660, 195, minor);
     }
     sb.up_with(9151, true, "nvidia", &["unprivileged", "dev"]);
     let as_nobody = |sb: &Sandbox, vmid: u32| {

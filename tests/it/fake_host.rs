@@ -33,25 +33,14 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let dir = TempDir::new("fake");
         let d = dir.path();
-        for tool in ["lxc-attach", "lxc-info", "pct", "pvesh"] {
-            let target = d.join("bin").join(tool);
-            write(
-                &target,
-                std::fs::read(
-                    Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("tests/fakes")
-                        .join(tool),
-                )
-                .unwrap(),
-            );
-            set_mode(&target, 0o755);
-        }
         write(&d.join("calls.log"), "");
-        // Where this host's storage paths are (for the pct and pvesh stand-ins).
+        // Where this host's storage paths and /dev are (for the pct and
+        // pvesh stand-ins).
         write(
             &d.join("storage_root"),
             d.join("root").display().to_string(),
         );
+        write(&d.join("host_dev"), d.join("dev").display().to_string());
         let host = FakeHost {
             config: json!({
                 "background": false,
@@ -63,11 +52,24 @@ impl FakeHost {
                     "dev": d.join("dev"), "state": d.join("state"),
                     "local_cache": d.join("cache"),
                     "storage_root": d.join("root"),
+                    "modules": d.join("boot/lib/modules"),
+                    "kernel_pins": d.join("boot/etc/kernel"),
+                    "config_locks": d.join("lock-lxc"),
                 },
             }),
             dir,
             inits: std::sync::Mutex::new(Vec::new()),
         };
+        for tool in [
+            "lxc-attach",
+            "lxc-info",
+            "modinfo",
+            "pct",
+            "pvesh",
+            "pve_storage.py",
+        ] {
+            host.tool(tool);
+        }
         host.set_host_version(V1);
         host.runfile(V1, false);
         host.write_config();
@@ -76,6 +78,21 @@ impl FakeHost {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Puts the stand-in `tests/fakes/<name>` on this host's PATH.
+    pub fn tool(&self, name: &str) {
+        let target = self.path().join("bin").join(name);
+        write(
+            &target,
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fakes")
+                    .join(name),
+            )
+            .unwrap(),
+        );
+        set_mode(&target, 0o755);
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -201,6 +218,25 @@ impl FakeHost {
         root
     }
 
+    /// An installed kernel (`<modules>/<kernel>/kernel/`), with an NVIDIA
+    /// module of `nvidia` (a DKMS build under `updates/dkms` when `dkms`)
+    /// that the `modinfo` stand-in reads.
+    pub fn kernel(&self, kernel: &str, nvidia: Option<&str>, dkms: bool) {
+        let dir = self.path().join("boot/lib/modules").join(kernel);
+        std::fs::create_dir_all(dir.join("kernel/drivers")).unwrap();
+        if let Some(version) = nvidia {
+            let at = if dkms {
+                "updates/dkms/nvidia.ko"
+            } else {
+                "kernel/drivers/video/nvidia.ko"
+            };
+            write(
+                &dir.join(at),
+                format!("name=nvidia\nversion={version}\nlicense=NVIDIA\n"),
+            );
+        }
+    }
+
     /// The fake container's init process.
     pub fn init_pid(&self, vmid: u32) -> u32 {
         self.inits
@@ -220,6 +256,17 @@ impl FakeHost {
                 let _ = child.wait();
             }
         }
+    }
+
+    /// This fake host as node `a` of a two-node cluster (pmxcfs's links:
+    /// `local` and `lxc` lead to nodes/a); node b shows only in the folders.
+    pub fn node_a_of_two(&self) {
+        let pve = self.path().join("pve");
+        for node in ["a", "b"] {
+            std::fs::create_dir_all(pve.join(format!("nodes/{node}/lxc"))).unwrap();
+        }
+        std::os::unix::fs::symlink("nodes/a", pve.join("local")).unwrap();
+        std::os::unix::fs::symlink("nodes/a/lxc", pve.join("lxc")).unwrap();
     }
 
     pub fn ct(&self, vmid: u32) -> PathBuf {

@@ -16,8 +16,11 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A record far larger than any the installer writes is read bounded, and
+/// moved aside before the installer runs (it would map it whole, its size
+/// in an int: backup.c), with the folder of backups it names.
 #[test]
-fn huge_garbled_installer_record_is_read_bounded_and_replaced_by_the_installer() {
+fn huge_garbled_installer_record_is_read_bounded_and_moved_aside() {
     let host = FakeHost::new();
     let ct = host.container(130, TAGGED);
     let record = ct.join("var/lib/nvidia/log");
@@ -39,15 +42,26 @@ fn huge_garbled_installer_record_is_read_bounded_and_replaced_by_the_installer()
     );
     let out = host.run(&["130", "post-start"]);
     assert!(out.status.success(), "{}", text(&out));
-    // The record's folder is a folder: NVIDIA's installer starts it afresh
-    // (backup.c's init_backup); the hook removes nothing of it.
     assert!(
-        !host.calls().iter().any(|c| c.contains("/var/lib/nvidia")),
-        "{:?}",
-        host.calls()
+        stderr(&out).contains(
+            "/var/lib/nvidia/log has 1073741824 bytes, more than any record the installer writes"
+        ) && stderr(&out).contains("was moved aside to /var/lib/nvidia.unreadable-"),
+        "{}",
+        text(&out)
     );
+    let moved: Vec<String> = host
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("mv -- /var/lib/nvidia /var/lib/nvidia.unreadable-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{:?}", host.calls());
+    let aside = ct.join(moved[0].rsplit(' ').next().unwrap().trim_start_matches('/'));
+    assert_eq!(std::fs::metadata(aside.join("log")).unwrap().len(), 1 << 30);
     assert!(std::fs::metadata(&record).unwrap().len() < 4096);
     assert_eq!(host.status_json(130)["state"], "up-to-date");
+    // Recorded with the result: status says what was done.
+    let detail = host.status_json(130)["detail"].to_string();
+    assert!(detail.contains("moved aside"), "{detail}");
 }
 
 #[test]

@@ -89,25 +89,34 @@ fn enable_dry_run_changes_nothing() {
     assert!(pct_log(&host).is_empty());
 }
 
+/// A start needs the file at the volume's path, nothing else
+/// (`check_hookscript`): a storage whose content has no snippets holds it;
+/// one without a path, or none at all, is refused, naming those that can.
 #[test]
-fn enable_refuses_a_storage_without_snippets_and_lists_candidates() {
+fn enable_on_a_storage_without_snippets_content_and_refusals_list_candidates() {
     let host = FakeHost::new();
     with_storage(&host);
     host.container(162, TAGGED);
-    for (storage, expected) in [
-        ("isos", "pvesm set isos --content iso,snippets"),
-        ("local-lvm", "no path"),
-        ("nope", "no storage 'nope'"),
-    ] {
+    for (storage, expected) in [("local-lvm", "no path"), ("nope", "no storage 'nope'")] {
         let out = host.run(&["enable", "--storage", storage, "162"]);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(expected) && err.contains("storages that allow snippets: local"),
+            err.contains(expected) && err.contains("storages that can hold it: local, isos"),
             "{err}"
         );
     }
     assert!(pct_log(&host).is_empty());
+    let out = host.run(&["enable", "--storage", "isos", "162"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(host
+        .path()
+        .join("root/srv/isos/snippets/pve-nvidia-hook")
+        .is_file());
+    assert_eq!(
+        pct_log(&host),
+        ["set 162 --hookscript isos:snippets/pve-nvidia-hook"]
+    );
 }
 
 #[test]
@@ -132,9 +141,18 @@ fn an_existing_hookscript_is_kept_only_with_chain_and_restored_by_disable() {
 
     let out = host.run(&["enable", "--chain", "163"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Our snippet under the chain's name: the link is the hookscript.
+    let hookscript = host.status_json(163)["hookscript"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = hookscript
+        .strip_prefix("local:snippets/pve-nvidia-hook.")
+        .expect("a chained hookscript")
+        .to_string();
     assert_eq!(
-        host.status_json(163)["hookscript"],
-        "local:snippets/pve-nvidia-hook"
+        std::fs::read_to_string(vz.join(format!("snippets/pve-nvidia-hook.{token}"))).unwrap(),
+        include_str!("../../hooks/pve-nvidia-hook")
     );
 
     // Our hook calls it first, for every phase, and passes on a pre-start veto.
@@ -150,13 +168,7 @@ fn an_existing_hookscript_is_kept_only_with_chain_and_restored_by_disable() {
     assert_eq!(vetoed.status.code(), Some(3), "{}", text(&vetoed));
 
     // The record is in the cluster file system, named by the token the
-    // container's tag carries.
-    let conf = std::fs::read_to_string(host.path().join("pve/lxc/163.conf")).unwrap();
-    let token = conf
-        .split(|c: char| c == ';' || c.is_whitespace())
-        .find_map(|t| t.strip_prefix("nvidia-chain-"))
-        .expect("a chain tag")
-        .to_string();
+    // container's hookscript carries.
     let record = host
         .path()
         .join(format!("pve/pve-nvidia-hook/chain/{token}.json"));
@@ -166,13 +178,18 @@ fn an_existing_hookscript_is_kept_only_with_chain_and_restored_by_disable() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         pct_log(&host).last().unwrap(),
-        "set 163 --hookscript local:snippets/site-hook --tags nvidia"
+        "set 163 --hookscript local:snippets/site-hook"
     );
     assert_eq!(
         host.status_json(163)["hookscript"],
         "local:snippets/site-hook"
     );
     assert!(!record.exists());
+    assert!(
+        !vz.join(format!("snippets/pve-nvidia-hook.{token}"))
+            .exists(),
+        "this node's snippet under the chain's name went with its record"
+    );
 }
 
 /// Issue 11.2: a vmid reused by a new container never inherits the chain
@@ -235,12 +252,13 @@ fn age_chain_records(host: &FakeHost) {
     }
 }
 
-/// A clone, a restore under a new vmid or a copied tag carries another
-/// container's chain token: that container's hookscript never runs for it
-/// (only root may set a hookscript; anyone allowed to edit tags may copy
-/// one), and a tag that names no record at all aborts no start.
+/// A clone, or a restore under a new vmid, carries another container's
+/// chained hookscript: that container's script never runs for it (its
+/// start goes on), `disable` never gives it that script, and `enable
+/// --chain` chains the script for it too. A hookscript that names a chain
+/// whose record is gone aborts `pre-start`, as Proxmox would.
 #[test]
-fn a_chain_tag_runs_only_for_the_container_it_was_made_for() {
+fn a_chain_runs_only_for_the_container_it_was_made_for() {
     let host = FakeHost::new();
     let vz = with_storage(&host);
     host.container(171, "hostname: a\nhookscript: local:snippets/site-hook\n");
@@ -258,45 +276,43 @@ fn a_chain_tag_runs_only_for_the_container_it_was_made_for() {
     // The clone: the same config under another vmid.
     host.container(172, &conf);
     let out = host.run(&["172", "pre-start"]);
-    expect_exit(
-        &out,
-        0,
-        "names CT 171's chained hookscript, not this container's",
-    );
+    expect_exit(&out, 0, "is CT 171's (local:snippets/site-hook");
     assert!(!calls.exists(), "CT 171's hookscript ran for CT 172");
     let doctor = host.run(&["doctor", "172"]);
     assert!(
-        stdout(&doctor).contains("FAIL  CT 172: chained hook: the tag nvidia-chain-"),
+        stdout(&doctor)
+            .contains("FAIL  CT 172: chained hook: the chain its hookscript names is CT 171's"),
         "{}",
         text(&doctor)
     );
     // Its own container still gets it, veto included.
     expect_exit(&host.run(&["171", "pre-start"]), 3, "vetoed the start");
-    // The clone chains its own as the log line says: its own record, its
-    // own tag in place of the copied one.
-    let out = host.run(&["172", "pre-start"]);
-    let advice =
-        "pct set 172 --hookscript local:snippets/site-hook && pve-nvidia-hook enable --chain 172";
-    assert!(text(&out).contains(advice), "{}", text(&out));
-    let status = std::process::Command::new(host.path().join("bin/pct"))
-        .args(["set", "172", "--hookscript", "local:snippets/site-hook"])
-        .env(
-            "PATH",
-            format!("{}:/usr/bin:/bin", host.path().join("bin").display()),
-        )
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(host.run(&["enable", "--chain", "172"]).status.success());
+    // disable on the clone does not give it CT 171's script.
+    let out = host.run(&["disable", "--dry-run", "172"]);
+    assert!(
+        stdout(&out).contains("would run: pct set 172 --delete hookscript"),
+        "{}",
+        text(&out)
+    );
+    // The clone chains it for itself, as the log line says.
+    let out = host.run(&["enable", "--chain", "172"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     expect_exit(&host.run(&["172", "pre-start"]), 3, "vetoed the start");
     assert!(std::fs::read_to_string(&calls)
         .unwrap()
         .contains("172 pre-start"));
-    // The record gone: the tag aborts nothing.
+    assert_ne!(
+        host.status_json(171)["hookscript"],
+        host.status_json(172)["hookscript"],
+        "a record of its own"
+    );
+    // The records gone: the start is aborted (the hookscript names a chain
+    // that cannot be run), as Proxmox aborts it for a hookscript it cannot run.
     for path in chain_records(&host) {
         std::fs::remove_file(path).unwrap();
     }
-    expect_exit(&host.run(&["171", "pre-start"]), 0, "names no chain record");
+    expect_exit(&host.run(&["171", "pre-start"]), 1, "has no record");
+    expect_exit(&host.run(&["171", "post-start"]), 0, "has no record");
 }
 
 /// `disable` on one node of a cluster never clears the chain record of a
@@ -325,11 +341,11 @@ fn chain_records_of_other_nodes_and_snapshots_are_kept() {
     record("0000000000dd", 175);
     write(
         &pve.join("nodes/b/lxc/173.conf"),
-        "hostname: on-b\ntags: nvidia-chain-0000000000b1\nhookscript: local:snippets/pve-nvidia-hook\n",
+        "hostname: on-b\nhookscript: local:snippets/pve-nvidia-hook.0000000000b1\n",
     );
     host.container(
         174,
-        "hostname: a\ntags: nvidia\n\n[before]\ntags: nvidia-chain-0000000000a2\nhookscript: local:snippets/site-hook\n",
+        "hostname: a\ntags: nvidia\n\n[before]\nhookscript: local:snippets/pve-nvidia-hook.0000000000a2\n",
     );
     let out = host.run(&["disable", "174"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -4,7 +4,7 @@
 //! as `pct set` writes them, config sections.
 
 use crate::fake_host::{set_mode, FakeHost, TAGGED};
-use crate::support::{expect_exit, text, write};
+use crate::support::{expect_exit, mknod, text, write};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -98,7 +98,7 @@ fn a_chained_hookscript_runs_as_proxmox_runs_it_or_vetoes_like_proxmox() {
 /// Issue 11.4: storage.cfg as Proxmox reads it: `local` with snippets
 /// exists without the file; `content-dirs` moves the snippets folder; a
 /// storage that is disabled, not on this node or not mounted is no place to
-/// write; the `pvesm set --content` fix keeps the storage's content types.
+/// write.
 #[test]
 fn storages_as_pve_storage_reads_them() {
     let host = FakeHost::new();
@@ -134,7 +134,6 @@ fn storages_as_pve_storage_reads_them() {
             "storage 'elsewhere' is not available on this node",
         ),
         ("usb", "storage 'usb' is not mounted on this node"),
-        ("isos", "fix: pvesm set isos --content iso,vztmpl,snippets"),
     ] {
         std::fs::create_dir_all(host.path().join("root/mnt/usb")).unwrap();
         let out = host.run(&["enable", "--storage", storage, "202"]);
@@ -181,13 +180,7 @@ fn tags_are_merged_and_keep_their_case_where_the_cluster_keeps_it() {
 #[ignore = "needs root (mknod); `make test` as root runs it"]
 fn config_fixes_say_to_stay_above_the_sections() {
     let host = FakeHost::new();
-    std::fs::create_dir_all(host.path().join("dev")).unwrap();
-    let made = std::process::Command::new("mknod")
-        .arg(host.path().join("dev/nvidia0"))
-        .args(["c", "195", "0"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "mknod");
+    mknod(&host.path().join("dev/nvidia0"), 0o600, 195, 0);
     host.container(
         206,
         "tags: nvidia\nlxc.mount.entry: /dev/nvidia0 dev/nvidia0 none bind,optional,create=file\n\n[before-upgrade]\ntags: old\n",
@@ -198,4 +191,78 @@ fn config_fixes_say_to_stay_above_the_sections() {
         "{}",
         text(&out)
     );
+}
+
+/// Issue 15.1: every storage.cfg the Proxmox installer writes (its own
+/// texts, tests/data/installer-storage.cfg): `local` has no snippets in its
+/// content, and on BTRFS it is disabled, yet Proxmox runs a hookscript from
+/// it (`check_hookscript`: the volume's path, `-f`, `-x`). `enable` places
+/// the snippet and registers local:snippets/pve-nvidia-hook; on a cluster,
+/// where Proxmox's API lists none of local's snippets, the other nodes are
+/// said to be unverified, with the `pvesm set` that makes them checkable,
+/// never missing; doctor agrees.
+#[test]
+fn enable_works_on_every_storage_cfg_the_installer_writes() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/installer-storage.cfg");
+    let mut layouts: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    layouts.sort();
+    assert_eq!(layouts.len(), 8);
+    for layout in layouts {
+        let cfg = std::fs::read_to_string(&layout).unwrap();
+        let name = layout.file_stem().unwrap().to_string_lossy().into_owned();
+        let content = cfg
+            .lines()
+            .nth(2)
+            .unwrap()
+            .trim()
+            .strip_prefix("content ")
+            .unwrap();
+        for cluster in [false, true] {
+            let host = FakeHost::new();
+            if cluster {
+                host.node_a_of_two();
+            }
+            write(&host.path().join("pve/storage.cfg"), &cfg);
+            host.container(101, "arch: amd64\nhostname: gpu\nostype: debian\n");
+            let out = host.run(&["enable", "101"]);
+            assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+            assert!(snippets(&host).join("pve-nvidia-hook").is_file(), "{name}");
+            assert_eq!(
+                pct_log(&host),
+                ["set 101 --hookscript local:snippets/pve-nvidia-hook --tags nvidia"],
+                "{name}"
+            );
+            let mut fix = format!("pvesm set local --content {content},snippets");
+            if name.ends_with("btrfs") {
+                fix.push_str(" --delete disable");
+            }
+            let said = stdout(&out);
+            let doctor = stdout(&host.run(&["doctor", "101"]));
+            if cluster {
+                assert!(
+                    said.contains(&format!("note: local:snippets/pve-nvidia-hook is unverified on b: Proxmox's API lists no snippets of storage 'local' (its content, {content}, has no snippets"))
+                        && said.contains(&format!("to let pve-nvidia-hook check it: {fix}\n")),
+                    "{name}: {said}"
+                );
+                assert!(
+                    doctor.contains(
+                        "WARN  CT 101: cluster: local:snippets/pve-nvidia-hook is unverified on b"
+                    ) && doctor.contains(&format!("to let pve-nvidia-hook check it: {fix}\n")),
+                    "{name}: {doctor}"
+                );
+            } else {
+                assert!(!said.contains("unverified"), "{name}: {said}");
+                assert!(!doctor.contains("cluster:"), "{name}: {doctor}");
+            }
+            assert!(
+                doctor.contains("OK    CT 101: hook: local:snippets/pve-nvidia-hook ("),
+                "{name}: {doctor}"
+            );
+        }
+    }
 }

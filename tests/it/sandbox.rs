@@ -61,12 +61,16 @@ impl Sandbox {
         write(&w.join("attach.log"), "");
         // Proxmox's stand-ins, and where this host's /var/lib/vz is.
         let fakes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes");
-        for tool in ["pct", "pvesh"] {
+        for tool in ["pct", "pvesh", "pve_storage.py"] {
             std::fs::copy(fakes.join(tool), w.join("bin").join(tool)).unwrap();
         }
         write(
             &w.join("storage_root"),
             w.join("root").display().to_string(),
+        );
+        write(
+            &w.join("host_dev"),
+            w.join("devnodes").display().to_string(),
         );
         sh(&["host-version", &w.display().to_string(), V1]);
         let server = FileServer::start(&w.join("runfiles"));
@@ -82,6 +86,9 @@ impl Sandbox {
                     "dev": w.join("devnodes"), "state": w.join("state"),
                     "local_cache": w.join("cache"),
                     "storage_root": w.join("root"),
+                    "modules": w.join("boot/lib/modules"),
+                    "kernel_pins": w.join("boot/etc/kernel"),
+                    "config_locks": w.join("lock-lxc"),
                 },
             }),
             server,
@@ -240,6 +247,17 @@ impl Drop for Sandbox {
                 .args(["down", &vmid.to_string()])
                 .output();
         }
+    }
+}
+
+/// The device rules LXC applies on this machine (the sandbox's host): the
+/// cgroup2 ones on a pure cgroup v2 host, the v1 ones where a v1 devices
+/// controller is mounted; and the other, which it ignores.
+pub fn device_rule_keys() -> (&'static str, &'static str) {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        ("lxc.cgroup2.devices", "lxc.cgroup.devices")
+    } else {
+        ("lxc.cgroup.devices", "lxc.cgroup2.devices")
     }
 }
 

@@ -39,6 +39,18 @@ pub fn write(path: &Path, content: impl AsRef<[u8]>) {
     std::fs::write(path, content).unwrap();
 }
 
+/// A character device node (root only), its folder made first.
+pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let made = Command::new("mknod")
+        .args(["-m", &format!("{mode:o}")])
+        .arg(path)
+        .args(["c", &major.to_string(), &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {}", path.display());
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -54,6 +66,15 @@ pub fn expect_exit(out: &Output, code: i32, needle: &str) {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(needle),
         "{}",
+        text(out)
+    );
+}
+
+/// The command said `needle` on stderr.
+pub fn said(out: &Output, needle: &str) {
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "{needle}: {}",
         text(out)
     );
 }
@@ -199,6 +220,8 @@ fn serve(mut stream: TcpStream, root: &Path, counts: &Mutex<HashMap<String, usiz
             }
             return;
         }
+        // The file, after 4 s: a download that takes its time.
+        Some("slow") => std::thread::sleep(std::time::Duration::from_secs(4)),
         Some("truncate") => {
             if let Ok(body) = std::fs::read(&file) {
                 let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
@@ -229,4 +252,13 @@ pub fn which(program: &str) -> PathBuf {
         .map(|d| d.join(program))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} not found on PATH"))
+}
+
+/// `program` where the tool looks when no stand-in is on the caller's PATH
+/// (its fixed PATH), as `process::find_program` does.
+pub fn find_on_safe_path(program: &str) -> Option<PathBuf> {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }

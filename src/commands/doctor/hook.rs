@@ -41,7 +41,7 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
             return;
         }
     };
-    if let Some(store) = snippet_on_every_node(ctx, volume, &storages, report, scope) {
+    if let Some(store) = snippet_on_every_node(ctx, vmid, volume, &storages, report, scope) {
         report.add(
             scope,
             "hook",
@@ -57,12 +57,12 @@ pub(super) fn checks(ctx: &Ctx, target: &Target, report: &mut Report, scope: &st
 /// this node's file when all is well.
 fn snippet_on_every_node(
     ctx: &Ctx,
+    vmid: crate::vmid::Vmid,
     volume: &str,
     storages: &[Storage],
     report: &mut Report,
     scope: &str,
 ) -> Option<std::path::PathBuf> {
-    let vmid = scope.trim_start_matches("CT ");
     let paths = &ctx.config().paths;
     let Some((store, path)) = storage::resolve_volume(storages, volume, &paths.storage_root) else {
         report.add(
@@ -91,8 +91,34 @@ fn snippet_on_every_node(
     let nodes = cluster::nodes(&paths.pve);
     if nodes.len() > 1 {
         let this = cluster::node_name(&paths.pve);
-        let lacking = cluster::nodes_lacking(&Api, &nodes, &this, store, volume);
-        if lacking.is_empty() {
+        // Our snippet under a chain's name: each node's `sync` places it.
+        let presence = match chain::token_of(volume) {
+            Some(token) => Chains::new(&paths.pve).presence(&nodes, &this, store, token),
+            None => cluster::presence(&Api, &nodes, &this, store, volume),
+        };
+        if !presence.lacking.is_empty() {
+            report.add(
+                scope,
+                "cluster",
+                Level::Fail,
+                format!(
+                    "{volume} is missing on {}: the container cannot start there (migration, HA recovery)",
+                    presence.lacking.join("; ")
+                ),
+                Some(format!(
+                    "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
+                    storage::shared_snippet_storages(storages, &this).join("|")
+                )),
+            );
+        } else if let Some(u) = presence.unverified {
+            report.add(
+                scope,
+                "cluster",
+                Level::Warn,
+                u.describe(volume),
+                Some(u.remedy()),
+            );
+        } else {
             let how = if store.is_shared() {
                 "on shared storage"
             } else {
@@ -105,27 +131,14 @@ fn snippet_on_every_node(
                 format!("every node ({}) has {volume} ({how})", nodes.join(", ")),
                 None,
             );
-        } else {
-            report.add(
-                scope,
-                "cluster",
-                Level::Fail,
-                format!(
-                    "{volume} is missing on {}: the container cannot start there (migration, HA recovery)",
-                    lacking.join("; ")
-                ),
-                Some(format!(
-                    "install pve-nvidia-hook on those nodes (its package places the snippet), or move the hook to shared storage: pve-nvidia-hook enable --storage {} {vmid}",
-                    storage::shared_snippet_storages(storages, &this).join("|")
-                )),
-            );
         }
     }
     Some(path)
 }
 
-/// A chained hookscript: its record (found by the token the container's
-/// tags carry), its script as Proxmox would check it, on every node.
+/// A chained hookscript: its record (named by the container's hookscript,
+/// or before 0.3 by a tag), its script as Proxmox would check it, on every
+/// node.
 fn chain_checks(
     ctx: &Ctx,
     target: &Target,
@@ -136,8 +149,23 @@ fn chain_checks(
     let vmid = target.vmid;
     let paths = &ctx.config().paths;
     let chains = Chains::new(&paths.pve);
-    let Some(token) = chain::token(&target.pct) else {
-        return;
+    let token = match chain::link(&target.pct) {
+        chain::Link::None => return,
+        chain::Link::Hookscript(token) => token,
+        chain::Link::LegacyTag(token) => {
+            report.add(
+                scope,
+                "chained hook",
+                Level::Warn,
+                format!(
+                    "chained through the tag {} (pve-nvidia-hook before 0.3): any user who may edit \
+                     the container's tags can switch it off",
+                    chain::legacy_tag(&token)
+                ),
+                Some(format!("pve-nvidia-hook enable --chain {vmid}")),
+            );
+            token
+        }
     };
     let record = match chains.get(&token) {
         Ok(Some(r)) if r.vmid == vmid.get() => r,
@@ -147,15 +175,11 @@ fn chain_checks(
                 "chained hook",
                 Level::Fail,
                 format!(
-                    "the tag {} names CT {}'s chained hookscript ({}), which never runs for this container",
-                    chain::tag(&token),
-                    r.vmid,
-                    r.chain
+                    "the chain its hookscript names is CT {}'s ({}; a clone, or a restore under a new \
+                     vmid): it never runs for this container",
+                    r.vmid, r.chain
                 ),
-                Some(format!(
-                    "pct set {vmid} --hookscript {} && pve-nvidia-hook enable --chain {vmid}, or remove the tag",
-                    r.chain
-                )),
+                Some(format!("pve-nvidia-hook enable --chain {vmid} (chains {} for it too)", r.chain)),
             );
             return;
         }
@@ -164,8 +188,11 @@ fn chain_checks(
                 scope,
                 "chained hook",
                 Level::Fail,
-                format!("the tag {} names no chain record: no chained hookscript runs", chain::tag(&token)),
-                Some(format!("pve-nvidia-hook enable --chain {vmid} after setting its hookscript back, or remove the tag")),
+                "the chain its hookscript names has no record: pre-start is aborted".to_string(),
+                Some(format!(
+                    "pct set {vmid} --hookscript <its own hookscript> && pve-nvidia-hook enable --chain {vmid}, \
+                     or pve-nvidia-hook disable {vmid}"
+                )),
             );
             return;
         }
@@ -184,32 +211,18 @@ fn chain_checks(
         );
         return;
     }
-    let lacking = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
-        None => Vec::new(),
-        Some((store, _)) => {
-            let nodes = cluster::nodes(&paths.pve);
-            if nodes.len() > 1 {
-                cluster::nodes_lacking(
-                    &Api,
-                    &nodes,
-                    &cluster::node_name(&paths.pve),
-                    store,
-                    &record.chain,
-                )
-            } else {
-                Vec::new()
-            }
-        }
+    let nodes = cluster::nodes(&paths.pve);
+    let presence = match storage::resolve_volume(storages, &record.chain, &paths.storage_root) {
+        Some((store, _)) if nodes.len() > 1 => cluster::presence(
+            &Api,
+            &nodes,
+            &cluster::node_name(&paths.pve),
+            store,
+            &record.chain,
+        ),
+        _ => cluster::Presence::default(),
     };
-    if lacking.is_empty() {
-        report.add(
-            scope,
-            "chained hook",
-            Level::Ok,
-            format!("{} runs first in every phase", record.chain),
-            None,
-        );
-    } else {
+    if !presence.lacking.is_empty() {
         report.add(
             scope,
             "chained hook",
@@ -217,9 +230,29 @@ fn chain_checks(
             format!(
                 "{} is missing on {}: pre-start is aborted there",
                 record.chain,
-                lacking.join("; ")
+                presence.lacking.join("; ")
             ),
             Some("place it on those nodes, or on a shared storage".into()),
+        );
+    } else if let Some(u) = presence.unverified {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Warn,
+            format!(
+                "{} runs first in every phase; {}",
+                record.chain,
+                u.describe(&record.chain)
+            ),
+            Some(u.fix),
+        );
+    } else {
+        report.add(
+            scope,
+            "chained hook",
+            Level::Ok,
+            format!("{} runs first in every phase", record.chain),
+            None,
         );
     }
 }

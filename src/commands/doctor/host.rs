@@ -1,33 +1,22 @@
-//! The host: its kernel module and its NVIDIA device nodes.
+//! The host: its kernel module, its NVIDIA device nodes against what the
+//! loaded modules offer, and the unit that makes them at boot.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use super::{Level, Report};
 use crate::context::Ctx;
+use crate::devices::{is_required, Kernel, UNIT};
 use crate::version::DriverVersion;
 
-/// A host device node of the NVIDIA driver.
-pub(super) struct Node {
-    pub(super) name: String,
-    pub(super) major: u32,
-    pub(super) minor: u32,
-    pub(super) mode: u32,
-    pub(super) uid: u32,
-    pub(super) gid: u32,
+/// What makes the nodes now, and at every boot.
+fn make_them() -> Option<String> {
+    Some(format!(
+        "pve-nvidia-hook devices (at every boot: systemctl enable {UNIT})"
+    ))
 }
 
-impl Node {
-    /// Without these a container cannot use the GPU (uvm: not CUDA).
-    pub(super) fn required(&self) -> bool {
-        self.name == "nvidiactl"
-            || self.name == "nvidia-uvm"
-            || self
-                .name
-                .strip_prefix("nvidia")
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    }
-}
+/// A host device node of the NVIDIA driver.
+pub(super) use crate::devices::Node;
 
 pub(super) fn checks(ctx: &Ctx, nodes: &[Node], report: &mut Report) -> Option<DriverVersion> {
     let version = match ctx.host.driver_version() {
@@ -69,10 +58,7 @@ pub(super) fn checks(ctx: &Ctx, nodes: &[Node], report: &mut Report) -> Option<D
             "device nodes",
             Level::Fail,
             format!("no {dev}/nvidia0 and {dev}/nvidiactl"),
-            Some(
-                "run nvidia-smi once on the host (or nvidia-modprobe -c 0) so that the nodes exist"
-                    .into(),
-            ),
+            make_them(),
         );
     }
     if nodes.iter().any(|n| n.name == "nvidia-uvm") {
@@ -89,59 +75,97 @@ pub(super) fn checks(ctx: &Ctx, nodes: &[Node], report: &mut Report) -> Option<D
             "nvidia-uvm",
             Level::Warn,
             format!("{dev}/nvidia-uvm missing: CUDA cannot work in containers"),
-            Some("load it at boot: echo nvidia-uvm > /etc/modules-load.d/nvidia-uvm.conf, and create the node with a oneshot unit running nvidia-modprobe -c 0 -u".into()),
+            make_them(),
         );
     }
+    against_the_modules(ctx, nodes, report);
+    boot_unit(report);
     version
 }
 
-pub(super) fn nodes(dev: &Path) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    let mut visit = |dir: &Path, prefix: &str| {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = entry.metadata() else { continue };
-            if (prefix.is_empty() && !name.starts_with("nvidia"))
-                || !meta.file_type().is_char_device()
-            {
-                continue;
-            }
-            nodes.push(Node {
-                name: format!("{prefix}{name}"),
-                major: rustix::fs::major(meta.rdev()),
-                minor: rustix::fs::minor(meta.rdev()),
-                mode: meta.mode() & 0o777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            });
+/// Every node the loaded modules offer (as NVIDIA's tools would make it:
+/// [`Kernel::nodes`]) exists now, with its number; a mode or owner other
+/// than NVIDIA's is the admin's choice, said but not failed.
+fn against_the_modules(ctx: &Ctx, nodes: &[Node], report: &mut Report) {
+    let paths = &ctx.config().paths;
+    let kernel = Kernel::read(&paths.sys, &paths.proc);
+    if !kernel.nvidia {
+        return;
+    }
+    let wanted = kernel.nodes();
+    let (mut failed, mut odd) = (Vec::new(), Vec::new());
+    for w in &wanted {
+        match nodes.iter().find(|n| n.name == w.name) {
+            None if is_required(&w.name) => failed.push(format!("{} missing", w.name)),
+            None => odd.push(format!("{} missing", w.name)),
+            Some(n) if (n.major, n.minor) != (w.major, w.minor) => failed.push(format!(
+                "{} is {}:{}, the loaded module's is {}:{} (left from another boot)",
+                w.name, n.major, n.minor, w.major, w.minor
+            )),
+            Some(n) if (n.mode, n.uid, n.gid) != (w.mode, w.uid, w.gid) => odd.push(format!(
+                "{} is {:04o} {}:{}, NVIDIA's is {:04o} {}:{}",
+                w.name, n.mode, n.uid, n.gid, w.mode, w.uid, w.gid
+            )),
+            Some(_) => {}
         }
+    }
+    let (level, detail) = match (failed.is_empty(), odd.is_empty()) {
+        (true, true) => (
+            Level::Ok,
+            format!(
+                "all {} nodes the loaded modules offer exist, with NVIDIA's modes",
+                wanted.len()
+            ),
+        ),
+        (true, false) => (Level::Warn, odd.join("; ")),
+        (false, _) => (Level::Fail, [failed, odd].concat().join("; ")),
     };
-    visit(dev, "");
-    visit(&dev.join("nvidia-caps"), "nvidia-caps/");
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    nodes
+    let fix = (level != Level::Ok).then(make_them).flatten();
+    report.add("host", "nodes now", level, detail, fix);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Whether `pve-nvidia-hook-devices.service` makes the nodes at boot, as
+/// `systemctl is-enabled` says (it reads the unit files; no running
+/// systemd is asked).
+fn boot_unit(report: &mut Report) {
+    let Some(state) = crate::devices::unit_state() else {
+        report.add(
+            "host",
+            "boot unit",
+            Level::Warn,
+            format!("no systemctl: cannot tell whether {UNIT} makes the nodes at boot"),
+            None,
+        );
+        return;
+    };
+    let (level, detail, fix) = match state.as_deref() {
+        Ok("enabled") => (
+            Level::Ok,
+            format!("{UNIT} is enabled: the nodes are made at every boot, before the guests start"),
+            None,
+        ),
+        Ok(state @ ("disabled" | "masked")) => (
+            Level::Warn,
+            format!(
+                "{UNIT} is {state}: after a boot, nvidia-uvm may be missing until something runs nvidia-smi"
+            ),
+            Some(if state == "masked" {
+                format!("systemctl unmask {UNIT} && systemctl enable --now {UNIT}")
+            } else {
+                format!("systemctl enable --now {UNIT}")
+            }),
+        ),
+        Ok("") => (
+            Level::Warn,
+            format!("{UNIT} is not installed (the package ships it)"),
+            Some("apt install --reinstall pve-nvidia-hook".into()),
+        ),
+        Ok(other) => (Level::Warn, format!("{UNIT} is {other}"), None),
+        Err(e) => (Level::Warn, format!("systemctl is-enabled {UNIT}: {e:#}"), None),
+    };
+    report.add("host", "boot unit", level, detail, fix);
+}
 
-    #[test]
-    fn required_nodes() {
-        let node = |name: &str| Node {
-            name: name.into(),
-            major: 195,
-            minor: 0,
-            mode: 0o666,
-            uid: 0,
-            gid: 0,
-        };
-        assert!(node("nvidia0").required() && node("nvidia12").required());
-        assert!(node("nvidiactl").required() && node("nvidia-uvm").required());
-        assert!(!node("nvidia-uvm-tools").required() && !node("nvidia-modeset").required());
-        assert!(!node("nvidia-caps/nvidia-cap1").required());
-    }
+pub(super) fn nodes(dev: &Path) -> Vec<Node> {
+    crate::devices::present(dev)
 }

@@ -1,5 +1,6 @@
 //! Inside the running container: its driver, the nodes it sees, nvidia-smi
-//! (and nvcc), and room for an install.
+//! (and nvcc), room for an install, and Docker with the NVIDIA Container
+//! Toolkit.
 
 use super::access::Passed;
 use super::host::Node;
@@ -9,6 +10,7 @@ use crate::container::detect::{self, InstalledDriver};
 use crate::container::inspect;
 use crate::container::LxcAttach;
 use crate::context::{Ctx, Target};
+use crate::cuda::Fit;
 use crate::pipeline;
 use crate::version::DriverVersion;
 
@@ -136,6 +138,15 @@ pub(super) fn checks(
             Ok(_) => report.add(scope, "node inside", Level::Warn, format!("{path} present but not a character device"), None),
         }
     }
+    if matches!(
+        installed,
+        InstalledDriver::Installed(_) | InstalledDriver::HostProvided(_)
+    ) {
+        // Installed, and what workloads still need: a warning, not a failure.
+        if let Ok(Some(gap)) = pipeline::passthrough_gap(&root, vmid) {
+            report.add(scope, "cuda", Level::Warn, gap.to_string(), None);
+        }
+    }
     let quick = target.settings.limits.command_timeout;
     match (LxcAttach::new(vmid), host) {
         (Ok(exec), Some(host)) => {
@@ -143,7 +154,12 @@ pub(super) fn checks(
                 Ok(v) => report.add(scope, "nvidia-smi", Level::Ok, format!("reports {v}"), None),
                 Err(e) => report.add(scope, "nvidia-smi", Level::Fail, format!("{e:#}"), None),
             }
-            if target.settings.cuda.is_some() {
+            let fit = pipeline::cuda_fit(&target.settings, host).ok().flatten();
+            if let Some(refused @ Fit::NeedsNewer { .. }) = &fit {
+                if let Some(w) = pipeline::Warning::of_cuda(refused, host) {
+                    report.add(scope, "nvcc", Level::Warn, w.to_string(), None);
+                }
+            } else if target.settings.cuda.is_some() {
                 match pipeline::verify_nvcc(&exec, quick) {
                     Ok(()) => report.add(scope, "nvcc", Level::Ok, "runs", None),
                     Err(e) => report.add(
@@ -197,4 +213,5 @@ pub(super) fn checks(
             None,
         ),
     }
+    super::docker::checks(target, &root, host, report, scope);
 }

@@ -3,9 +3,13 @@
 //! Exit 1 when any check fails.
 
 mod access;
+mod cgroup;
+mod docker;
 mod hook;
 mod host;
 mod inside;
+mod ownership;
+mod rules;
 mod runfile;
 
 use std::path::Path;
@@ -94,13 +98,13 @@ pub fn run(config: Option<&Path>, args: &DoctorArgs) -> Result<ExitCode> {
                 None,
             ),
             Ok(Lookup::Missing) => {
-                report.add(&scope, "config", Level::Fail, "no such container", None)
+                report.add(&scope, "config", Level::Fail, ctx.not_here(vmid), None)
             }
             Err(e) => report.add(&scope, "config", Level::Fail, format!("{e:#}"), None),
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.checks)?);
+    if let Some(json) = super::json(args.output.format(), &report.checks)? {
+        println!("{json}");
     } else {
         for c in &report.checks {
             let level = match c.level {
@@ -163,7 +167,9 @@ fn container_checks(
         ),
     }
 
-    let passed = access::checks(target, nodes, report, scope);
+    let paths = &ctx.config().paths;
+    let layout = cgroup::layout(&paths.sys);
+    let passed = access::checks(target, nodes, &paths.dev, layout, report, scope);
     hook::checks(ctx, target, report, scope);
     inside::checks(ctx, target, host, nodes, &passed, report, scope);
 }

@@ -1,8 +1,22 @@
 //! Parser for Proxmox container configs (`/etc/pve/lxc/<vmid>.conf`), after
-//! pve-container's `parse_pct_config`: only the part before the first
-//! `[section]` is the current config (`[pve:pending]` and snapshots follow),
-//! `#` lines are the URI-escaped description, `lxc.*` keys are raw LXC keys
-//! written with `:` or `=`.
+//! pve-container's `parse_pct_config` (`PVE/LXC/Config.pm`): only the part
+//! before the first `[section]` is the current config (`[pve:pending]` and
+//! snapshots follow), `#` lines are the URI-escaped description, `lxc.*`
+//! keys are raw LXC keys written with `:` or `=`. Its patterns:
+//!
+//! - `^\[pve:pending\]\s*$`i and `^\[([a-z][a-z0-9_\-]+)\]\s*$`i start a
+//!   section (a snapshot's name has two characters at least);
+//! - `^(lxc\.[a-z0-9_\-\.]+)(:|\s*=)\s*(.*?)\s*$`: a colon right after the
+//!   key, or `=` after optional blanks. `lxc.mount.entry : ...` is neither:
+//!   Proxmox warns "unable to parse config" and drops the line;
+//! - `^([a-z][a-z_]*\d*):\s*(.+?)\s*$` for its own keys (the last of
+//!   duplicates wins).
+
+mod device;
+mod edit;
+
+pub use device::Device;
+pub use edit::{edit_current, Edit, RawLine};
 
 /// Proxmox's cluster file system refuses files over 1 MiB, so a larger file
 /// is not a real config and is not read further.
@@ -24,18 +38,6 @@ pub struct PctConfig {
     pub skipped_lines: usize,
     /// A `[section]` (snapshot, pending) follows the current config.
     pub sections: bool,
-}
-
-/// A `devN:` passthrough entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub index: usize,
-    pub path: String,
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// The whole value, to repeat it in a fix.
-    pub value: String,
 }
 
 /// How a container is given the host's NVIDIA nodes (either way, it
@@ -112,6 +114,17 @@ impl PctConfig {
         })
     }
 
+    /// The raw `lxc.*` lines, in order.
+    pub fn raw_lines(&self) -> Vec<RawLine> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Lxc { key, value } => Some(RawLine::new(key, value)),
+                Entry::Key { .. } => None,
+            })
+            .collect()
+    }
+
     /// `tags: a;b c,d`, as written (their case kept: a cluster whose
     /// `tag-style` is case-sensitive keeps it).
     pub fn raw_tags(&self) -> Vec<String> {
@@ -147,30 +160,67 @@ impl PctConfig {
             .collect()
     }
 
-    /// `devN:` entries with their options.
-    pub fn devices(&self) -> Vec<Device> {
-        self.entries
+    /// `devN:` entries (the last of a key given twice), each parsed as
+    /// Proxmox's `parse_device` does, or why Proxmox refuses it (and with it
+    /// the start), with the key.
+    pub fn devices(&self) -> Vec<(String, Result<Device, String>)> {
+        let mut keys: Vec<&str> = self
+            .entries
             .iter()
             .filter_map(|e| match e {
-                Entry::Key { key, value } if is_dev_key(key) => {
-                    let opt = |name: &str, radix: u32| {
-                        value.split(',').find_map(|o| {
-                            u32::from_str_radix(o.strip_prefix(name)?.strip_prefix('=')?, radix)
-                                .ok()
-                        })
-                    };
-                    Some(Device {
-                        index: key[3..].parse().ok()?,
-                        path: device_path(value)?.to_string(),
-                        mode: opt("mode", 8),
-                        uid: opt("uid", 10),
-                        gid: opt("gid", 10),
-                        value: value.clone(),
-                    })
-                }
+                Entry::Key { key, .. } if is_dev_key(key) => Some(key.as_str()),
                 _ => None,
             })
+            .collect();
+        keys.sort_by_key(|k| k[3..].parse::<usize>().unwrap_or(usize::MAX));
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|key| {
+                let value = self.get(key)?;
+                let index = key[3..].parse().ok()?;
+                Some((key.to_string(), device::parse(index, value)))
+            })
             .collect()
+    }
+
+    /// The container's id mapping as LXC applies it: none for a privileged
+    /// container; its `lxc.idmap` lines when it has any (which alone make it
+    /// unprivileged for Proxmox), else Proxmox's default (`u 0 100000
+    /// 65536`, `g 0 100000 65536`).
+    pub fn idmap(&self) -> Vec<IdRange> {
+        if !self.unprivileged() {
+            return Vec::new();
+        }
+        let custom: Vec<IdRange> = self
+            .lxc_values("lxc.idmap")
+            .filter_map(IdRange::parse)
+            .collect();
+        if custom.is_empty() {
+            [IdKind::User, IdKind::Group]
+                .map(|kind| IdRange {
+                    kind,
+                    container: 0,
+                    host: 100_000,
+                    count: 65_536,
+                })
+                .to_vec()
+        } else {
+            custom
+        }
+    }
+
+    /// Unprivileged for Proxmox: `unprivileged` set, or any `lxc.idmap`
+    /// line (`update_lxc_config`: `$conf->{unprivileged} || $custom_idmap`).
+    /// The value as `check_type` reads a boolean; one it refuses stays in
+    /// the config as written, and Perl takes it as true unless it is `0`.
+    pub fn unprivileged(&self) -> bool {
+        let flag = self.get("unprivileged").is_some_and(|v| {
+            !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "0" | "off" | "no" | "false" | ""
+            )
+        });
+        flag || self.lxc_values("lxc.idmap").next().is_some()
     }
 
     /// Host sources of `lxc.mount.entry` lines (`/dev/nvidia0 dev/nvidia0 none bind,...`).
@@ -200,29 +250,56 @@ impl PctConfig {
     }
 }
 
+/// The `[pve:pending]` section of a config text, parsed as the current
+/// config is: the changes `pct set` could not apply to a running
+/// container (they take effect at its next start).
+pub fn parse_pending(text: &str) -> PctConfig {
+    let mut lines = text.split('\n');
+    let found = lines.by_ref().any(|raw| {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        is_section_header(line) && is_pending_header(line)
+    });
+    if !found {
+        return PctConfig::default();
+    }
+    PctConfig::parse(&lines.collect::<Vec<_>>().join("\n"))
+}
+
+fn is_pending_header(line: &str) -> bool {
+    line.trim_end_matches(|c: char| c.is_ascii_whitespace())
+        .eq_ignore_ascii_case("[pve:pending]")
+}
+
+/// `^\[pve:pending\]\s*$`i or `^\[([a-z][a-z0-9_\-]+)\]\s*$`i.
 fn is_section_header(line: &str) -> bool {
     let Some(name) = line
-        .trim_end()
+        .trim_end_matches(|c: char| c.is_ascii_whitespace())
         .strip_prefix('[')
         .and_then(|l| l.strip_suffix(']'))
     else {
         return false;
     };
-    name == "pve:pending"
-        || (name.starts_with(|c: char| c.is_ascii_alphabetic())
+    is_pending_header(line)
+        || (name.len() >= 2
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
 fn parse_entry(line: &str) -> Option<Entry> {
-    if line.starts_with("lxc.") {
-        let key_end = line
+    if let Some(rest) = line.strip_prefix("lxc.") {
+        let key_end = rest
             .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c)))
-            .unwrap_or(line.len());
-        let (key, rest) = line.split_at(key_end);
-        let rest = rest.trim_start();
-        let value = rest.strip_prefix(':').or_else(|| rest.strip_prefix('='))?;
+            .unwrap_or(rest.len());
+        if key_end == 0 {
+            return None;
+        }
+        let (key, after) = line.split_at(4 + key_end);
+        // `(:|\s*=)`: a colon only right after the key.
+        let value = after
+            .strip_prefix(':')
+            .or_else(|| after.trim_start().strip_prefix('='))?;
         return Some(Entry::Lxc {
             key: key.to_string(),
             value: value.trim().to_string(),
@@ -296,6 +373,64 @@ fn uri_escape(text: &str) -> String {
     out
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    User,
+    Group,
+}
+
+/// One `lxc.idmap` range: `u 0 100000 65536` maps the container's uids
+/// from 0 onto the host's from 100000, 65536 of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub kind: IdKind,
+    pub container: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+impl IdRange {
+    fn parse(value: &str) -> Option<IdRange> {
+        let mut words = value.split_whitespace();
+        let kind = match words.next()? {
+            "u" => IdKind::User,
+            "g" => IdKind::Group,
+            _ => return None,
+        };
+        Some(IdRange {
+            kind,
+            container: words.next()?.parse().ok()?,
+            host: words.next()?.parse().ok()?,
+            count: words.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// A host id as the container sees it through its idmap: None outside
+/// every range (it shows as nobody); as is for a privileged container.
+pub fn host_to_container(map: &[IdRange], kind: IdKind, host: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(host);
+    }
+    map.iter()
+        .find(|r| r.kind == kind && (r.host..r.host.saturating_add(r.count)).contains(&host))
+        .and_then(|r| r.container.checked_add(host - r.host))
+}
+
+/// A container's id on the host, as `map_ct_id_to_host` maps it: None
+/// outside every range, where Proxmox would use the id unmapped (a host
+/// id, which no one in the container holds); as is for a privileged one.
+pub fn container_to_host(map: &[IdRange], kind: IdKind, id: u32) -> Option<u32> {
+    if map.is_empty() {
+        return Some(id);
+    }
+    map.iter()
+        .find(|r| {
+            r.kind == kind && (r.container..r.container.saturating_add(r.count)).contains(&id)
+        })
+        .and_then(|r| r.host.checked_add(id - r.container))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +479,7 @@ snaptime: 1700000000
             ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"]
         );
         assert_eq!(c.nvidia_passthrough(), Some(Passthrough::Device));
-        let devices = c.devices();
+        let devices: Vec<Device> = c.devices().into_iter().map(|(_, d)| d.unwrap()).collect();
         assert_eq!(devices[0].mode, Some(0o666));
         assert_eq!(devices[0].gid, Some(44));
         assert_eq!(
@@ -352,6 +487,7 @@ snaptime: 1700000000
             (1, "/dev/nvidiactl")
         );
         assert_eq!(devices[2].mode, None);
+        assert!(c.unprivileged());
         assert_eq!(c.ostype(), Some("debian"));
         assert_eq!(c.hookscript(), Some("local:snippets/pve-nvidia-hook"));
         assert_eq!(
@@ -369,6 +505,75 @@ snaptime: 1700000000
         );
         assert!(!c.has_tag("nvidia"));
         assert_eq!(c.nvidia_passthrough(), None);
+    }
+
+    /// Issue 15.2: Proxmox's own patterns, not looser ones.
+    #[test]
+    fn lines_proxmox_drops_or_reads_differently() {
+        let c = PctConfig::parse(
+            "lxc.mount.entry : /dev/nvidia0 dev/nvidia0 none bind,optional,create=file\n\
+             lxc.mount.entry = /dev/nvidiactl dev/nvidiactl none bind,optional,create=file\n\
+             lxc.: x\n\
+             LXC.idmap: u 0 100000 65536\n\
+             [a]\n\
+             tags: nvidia\n",
+        );
+        assert_eq!(
+            c.mount_sources(),
+            ["/dev/nvidiactl"],
+            "a blank before the colon: dropped"
+        );
+        assert_eq!(c.skipped_lines, 4);
+        assert!(!c.unprivileged(), "upper-case lxc keys are no lxc keys");
+        assert!(
+            c.has_tag("nvidia"),
+            "`[a]` is too short to be a snapshot's name"
+        );
+        assert!(!c.has_sections());
+        let c = PctConfig::parse("hostname: a\n[PVE:Pending]\ntags: nvidia\n");
+        assert!(
+            c.has_sections() && !c.has_tag("nvidia"),
+            "the pending header is case-insensitive"
+        );
+        // A custom idmap makes the container unprivileged without the key.
+        assert!(PctConfig::parse("lxc.idmap: u 0 200000 65536\n").unprivileged());
+        for (flag, unprivileged) in [
+            ("1", true),
+            ("yes", true),
+            ("0", false),
+            ("off", false),
+            ("2", true),
+        ] {
+            let c = PctConfig::parse(&format!("unprivileged: {flag}\n"));
+            assert_eq!(c.unprivileged(), unprivileged, "{flag}");
+        }
+        // A devN given twice: the last one, as Proxmox keeps it.
+        let c = PctConfig::parse("dev0: /dev/nvidia0\ndev0: /dev/nvidia1,mode=666\n");
+        let devices = c.devices();
+        assert_eq!(devices.len(), 1);
+        assert!(devices[0].1.as_ref().unwrap_err().contains("0[0-7]{3}"));
+    }
+
+    #[test]
+    fn the_pending_section_and_idmaps_as_proxmox_reads_them() {
+        let text = "dev0: /dev/nvidia0\nunprivileged: 1\n\n[PVE:pending]\ndev1: /dev/nvidiactl,mode=0666\ndelete: dev0\n[snap1]\ndev2: /dev/nvidia1\n";
+        let pending = parse_pending(text);
+        assert_eq!(pending.get("dev1"), Some("/dev/nvidiactl,mode=0666"));
+        assert_eq!(pending.get("delete"), Some("dev0"));
+        assert_eq!(pending.get("dev2"), None, "a snapshot is not pending");
+        assert_eq!(parse_pending("dev0: /dev/nvidia0\n"), PctConfig::default());
+        let map = PctConfig::parse(text).idmap();
+        assert_eq!(container_to_host(&map, IdKind::Group, 44), Some(100_044));
+        assert_eq!(container_to_host(&map, IdKind::Group, 70_000), None);
+        assert_eq!(host_to_container(&map, IdKind::Group, 100_044), Some(44));
+        assert_eq!(host_to_container(&map, IdKind::User, 0), None);
+        let privileged = PctConfig::parse("arch: amd64\n").idmap();
+        assert!(privileged.is_empty());
+        assert_eq!(container_to_host(&privileged, IdKind::Group, 44), Some(44));
+        let custom =
+            PctConfig::parse("lxc.idmap: g 0 200000 1000\nlxc.idmap: g 1000 1000 1\n").idmap();
+        assert_eq!(container_to_host(&custom, IdKind::Group, 1000), Some(1000));
+        assert_eq!(container_to_host(&custom, IdKind::Group, 1001), None);
     }
 
     #[test]
