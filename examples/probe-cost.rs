@@ -16,10 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use pve_nvidia_hook::container::detect;
-use pve_nvidia_hook::container::fork::run_in_child;
-use pve_nvidia_hook::container::probe::Probe;
-use pve_nvidia_hook::host::{Host, Init};
+use pve_nvidia_hook::bench::{detect_in, run_in_child, Host, Init, Probe};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -37,7 +34,7 @@ fn main() {
         let dir = host.proc_dir(pid).expect("the init's /proc folder");
         Probe::new(init, dir, DEADLINE)
     };
-    let installed = detect::detect_in(&probe());
+    let installed = detect_in(&probe());
     eprintln!("probe-cost: the container has {installed:?}");
 
     time("fork", runs, || {
@@ -58,7 +55,7 @@ fn main() {
     let p = probe();
     time("probe", runs, || p.read(|_| Ok(())).expect("an empty read"));
     time("detect", runs, || {
-        assert_eq!(detect::detect_in(&p), installed);
+        assert_eq!(detect_in(&p), installed);
     });
 }
 

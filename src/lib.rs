@@ -1,40 +1,55 @@
 //! pve-nvidia-hook: a Proxmox VE hookscript that installs the NVIDIA
 //! user-space driver matching the host's kernel module into LXC containers.
 //!
-//! Data flows one way: [`cli`] → [`config`] → [`decision`] → [`pipeline`].
+//! Data flows one way: `cli` → `config` → `decision` → `pipeline`. The
+//! modules are the crate's own; the binary needs [`cli`], [`run`],
+//! [`report_error`] and [`is_usage`], the benchmark [`bench`].
 
-pub mod cancel;
-pub mod chain;
+mod cancel;
+mod chain;
 pub mod cli;
-pub mod cluster;
-pub mod commands;
-pub mod config;
-pub mod container;
-pub mod context;
-pub mod cuda;
-pub mod decision;
-pub mod detach;
-pub mod devices;
-pub mod error;
-pub mod fsutil;
-pub mod host;
-pub mod kernels;
-pub mod logging;
-pub mod notify;
-pub mod passthrough;
-pub mod pct_config;
-pub mod pipeline;
-pub mod process;
-pub mod published;
-pub mod runfile;
-pub mod snippet;
-pub mod state;
-pub mod storage;
-pub mod version;
-pub mod vmid;
-pub mod workloads;
+mod cluster;
+mod commands;
+mod config;
+mod container;
+mod context;
+mod cuda;
+mod decision;
+mod detach;
+mod devices;
+mod error;
+mod fsutil;
+mod host;
+mod kernels;
+mod logging;
+mod notify;
+mod passthrough;
+mod pct_config;
+mod pipeline;
+mod process;
+mod published;
+mod runfile;
+mod snippet;
+mod state;
+mod storage;
+mod version;
+mod vmid;
+mod workloads;
 
 use std::process::ExitCode;
+
+pub use error::is_usage;
+pub use logging::report_error;
+
+/// The container door's parts, timed one by one by `examples/probe-cost.rs`
+/// (`make bench`). Not an interface to build on.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::container::detect::detect_in;
+    pub use crate::container::fork::run_in_child;
+    pub use crate::container::probe::Probe;
+    pub use crate::host::{Host, Init};
+}
 
 use anyhow::Result;
 

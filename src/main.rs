@@ -5,8 +5,8 @@ fn main() -> ExitCode {
     match pve_nvidia_hook::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            pve_nvidia_hook::logging::report_error(&err);
-            ExitCode::from(if pve_nvidia_hook::error::is_usage(&err) {
+            pve_nvidia_hook::report_error(&err);
+            ExitCode::from(if pve_nvidia_hook::is_usage(&err) {
                 2
             } else {
                 1

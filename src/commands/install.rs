@@ -274,7 +274,6 @@ fn install_locked(
         vmid,
         settings,
         host,
-        installed: &installed,
         ostype: target.pct.ostype(),
         exec: &exec,
         root: &root,

@@ -18,8 +18,8 @@ pub mod installer_args;
 mod load;
 mod phoenix;
 
-pub use load::{load, parse, paths_anyway};
-pub use phoenix::{read_phoenix, PhoenixEntry};
+pub use load::{load, paths_anyway};
+pub use phoenix::read_phoenix;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pve-nvidia-hook/config.json";
 
@@ -470,6 +470,7 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use super::load::parse;
     use super::*;
 
     fn vmid(n: u32) -> Vmid {

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
 use rustix::io::Errno;
@@ -208,7 +207,8 @@ impl Confined {
 
     /// `dir` as a container's root, with the mount table in `table` (a
     /// mountinfo file). The root itself must be on a local file system.
-    pub fn open(dir: &Path, table: &Path) -> Result<Confined, ReadError> {
+    #[cfg(test)]
+    pub fn open(dir: &std::path::Path, table: &std::path::Path) -> Result<Confined, ReadError> {
         let shown = dir.display().to_string();
         let root = open_dir(rustix::fs::CWD, &shown).map_err(|e| ReadError::io(&shown, e))?;
         let (table_dir, name) = match (table.parent(), table.file_name()) {
@@ -442,6 +442,7 @@ impl Confined {
 
     /// Kinds of many paths, each folder looked up once; a file that is a
     /// mount point (bind-mounted over) counts as [`Kind::Other`].
+    #[cfg(test)]
     pub fn kinds(&self, paths: &[&str]) -> Vec<Result<Kind, ReadError>> {
         let items: Vec<(&str, ())> = paths.iter().map(|p| (*p, ())).collect();
         self.in_folders(&items, |folder, name, path, ()| match folder {
@@ -603,7 +604,7 @@ fn openat2(
 pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     pub(crate) fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("pnh-rootfs-{tag}-{}", std::process::id()));

@@ -63,6 +63,7 @@ impl MountTable {
 
     /// Lines that do not parse are skipped: the kernel writes this file, so
     /// they do not occur, and nothing read here is trusted beyond its type.
+    #[cfg(test)]
     pub fn parse(text: &str) -> MountTable {
         MountTable::from_bytes(text.as_bytes().to_vec())
     }

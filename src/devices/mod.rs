@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 pub use kernel::Kernel;
-pub use make::{make_nodes, Did, Made};
+pub use make::{make_nodes, Made};
 
 /// The package's unit that runs `pve-nvidia-hook devices` at boot.
 pub const UNIT: &str = "pve-nvidia-hook-devices.service";

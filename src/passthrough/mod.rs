@@ -25,9 +25,9 @@ mod plan;
 mod raw;
 mod record;
 
-pub use disable::{plan_disable, Removal};
-pub use groups::{choose_group, read_groups, Group, Groups};
-pub use plan::{chosen_gpus, plan, Change, Facts, Plan, Refused};
+pub use disable::plan_disable;
+pub use groups::{choose_group, read_groups, Group};
+pub use plan::{chosen_gpus, plan, Facts, Plan, Refused};
 pub use record::{Record, Records};
 
 use std::str::FromStr;

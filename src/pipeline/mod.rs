@@ -22,7 +22,6 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::{installer_args, Settings};
 use crate::container::confined::ReadError;
-use crate::container::detect::InstalledDriver;
 use crate::container::dpkg;
 use crate::container::probe::Probe;
 use crate::container::{ContainerCommand, Exec};
@@ -33,16 +32,13 @@ use crate::state::Locks;
 use crate::version::{self, DriverVersion};
 use crate::vmid::Vmid;
 
-pub use cleanup::is_conflicting_package;
-pub use verify::{passthrough_gap, verify, verify_driver, verify_nvcc, Verified};
+pub use verify::{passthrough_gap, verify, verify_driver, verify_nvcc};
 pub use warning::Warning;
 
 pub struct Job<'a> {
     pub vmid: Vmid,
     pub settings: &'a Settings,
     pub host: &'a DriverVersion,
-    /// What the decision to install was taken on.
-    pub installed: &'a InstalledDriver,
     pub ostype: Option<&'a str>,
     pub exec: &'a dyn Exec,
     pub root: &'a Probe,

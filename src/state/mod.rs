@@ -8,9 +8,8 @@ mod slots;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use locks::{config_lock, Held, Locks};
-pub use results::{LastResult, Prefetched, Results};
-pub use slots::Slot;
+pub use locks::{config_lock, Locks};
+pub use results::{LastResult, Results};
 
 /// Seconds since the epoch, for what is recorded (0 on a clock before it).
 pub fn unix_now() -> u64 {

@@ -23,7 +23,7 @@ use crate::process::{self, Limits};
 use crate::version::DriverVersion;
 use crate::vmid::Vmid;
 
-pub use scan::{Scan, Stale};
+pub use scan::Scan;
 
 /// At most this many services are restarted after one install.
 const MAX_RESTARTS: usize = 16;
