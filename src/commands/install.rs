@@ -321,3 +321,90 @@ fn install_locked(
         after: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> DriverVersion {
+        s.parse().unwrap()
+    }
+
+    fn installed(warnings: Vec<Warning>) -> Result<Done> {
+        Ok(Done::Installed {
+            host: v("570.153.02"),
+            from: Some(v("550.54.14")),
+            warnings,
+            after: None,
+        })
+    }
+
+    fn told(outcome: &Result<Done>) -> Event {
+        event(Vmid::try_from(101).unwrap(), outcome, None).expect("an event")
+    }
+
+    #[test]
+    fn an_install_with_nothing_missing_is_news_only() {
+        assert_eq!(told(&installed(vec![])).severity, Severity::Info);
+        let aside = Warning::RecordMovedAside {
+            why: "it is 2147483648 bytes".into(),
+            to: "/var/lib/nvidia.unreadable-1".into(),
+        };
+        let e = told(&installed(vec![aside]));
+        assert_eq!(e.severity, Severity::Info);
+        assert!(e.detail.contains("moved aside"), "{}", e.detail);
+    }
+
+    #[test]
+    fn a_cuda_toolkit_refused_or_a_passthrough_gap_is_a_warning() {
+        let cuda = Warning::CudaRefused {
+            toolkit: "13.0.0".into(),
+            needs: "580".into(),
+            host: "570.153.02".into(),
+        };
+        let e = told(&installed(vec![cuda]));
+        assert_eq!(e.severity, Severity::Warning);
+        assert_eq!(e.host_version, Some(v("570.153.02")));
+        assert_eq!(e.container_version, Some(v("550.54.14")));
+        assert!(e
+            .detail
+            .contains("CUDA toolkit 13.0.0 not installed: it needs NVIDIA driver 580"));
+        let gap = Warning::PassthroughGap {
+            vmid: Vmid::try_from(101).unwrap(),
+            node: "/dev/nvidia-uvm".into(),
+        };
+        assert_eq!(told(&installed(vec![gap])).severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_packaged_driver_it_may_not_replace_is_a_warning_and_a_failed_stage_an_error() {
+        let attempt = Installing {
+            host: v("570.153.02"),
+            container: Some(v("535.183.01")),
+        };
+        let refused = Err(crate::error::refused(
+            "purging the distribution's driver would also remove cuda-toolkit-12-4",
+        )
+        .context(Stage("cleanup"))
+        .context(attempt.clone()));
+        let e = told(&refused);
+        assert_eq!(e.severity, Severity::Warning);
+        assert_eq!(e.container_version, Some(v("535.183.01")));
+        assert_eq!(e.stage, Some("cleanup"));
+
+        let failed = Err(anyhow!("installer exited with status 1")
+            .context(Stage("driver"))
+            .context(attempt));
+        let e = told(&failed);
+        assert_eq!(e.severity, Severity::Error);
+        assert_eq!(e.stage, Some("driver"));
+        assert_eq!(e.host_version, Some(v("570.153.02")));
+    }
+
+    #[test]
+    fn nothing_done_is_not_told() {
+        let vmid = Vmid::try_from(101).unwrap();
+        assert!(event(vmid, &Ok(Done::UpToDate), None).is_none());
+        assert!(event(vmid, &Ok(Done::AlreadyInstalling), None).is_none());
+    }
+}
