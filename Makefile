@@ -41,6 +41,9 @@ lint: build-deps
 # (as in CI) they run. Without root they show as "ignored", never as passed.
 E2E := $(shell [ "$$(id -u)" = 0 ] && echo --include-ignored)
 
+# The unit tests run below: the package the package tests install is built
+# without its own run of them (minutes more in the release profile).
+test: export DEB_BUILD_OPTIONS += nocheck
 test: lint test-deps $(if $(E2E),deb)
 	@[ -n "$(E2E)" ] || echo "make test: not root, so the real-container and package tests are ignored (listed as ignored below)"
 	$(CARGO) test --locked -- $(E2E)

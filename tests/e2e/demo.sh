@@ -143,7 +143,8 @@ echo "calls recorded: $(wc -l < "$work/notifications.jsonl")"
 [ "$(wc -l < "$work/notifications.jsonl")" = 1 ]
 
 step "the timer's sync, within the hour: it leaves the container alone after the failure"
-"$bin" sync --backoff
+"$bin" sync --backoff 2>&1 | tee "$work/sync-backoff"
+grep -q "the timer tries again after" "$work/sync-backoff"
 
 step "the mirror is fixed (a runfile that installs): pve-nvidia-hook sync repairs it, no restart"
 "$sandbox" runfile "$upgrade" "$work/runfiles" ok

@@ -404,7 +404,8 @@ fn run_as_proxmox(sb: &Sandbox, args: &[&str], limit: Duration) -> (Option<i32>,
 /// userfaultfd page that is never served holds the folder's lock; a mkdir
 /// queues behind it; lookups queue behind the mkdir). The hook, run as
 /// Proxmox runs it, closes its output and exits all the same: its read was
-/// made in a child it abandoned. `status` too.
+/// made in a child it abandoned. `status`, `verify`, `doctor` and `enable
+/// --now` too.
 #[test]
 #[ignore = "needs root and LXC; `make test` as root runs it"]
 fn e2e_a_lookup_the_tenant_holds_in_the_kernel_holds_no_hook() {
@@ -461,7 +462,11 @@ fn e2e_a_lookup_the_tenant_holds_in_the_kernel_holds_no_hook() {
     let (code, out, _) = run_as_proxmox(&sb, &["status", "--json", "9160"], limit);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("\"state\": \"unknown\""), "{out}");
-    for args in [&["verify", "9160"][..], &["doctor", "9160"]] {
+    for args in [
+        &["verify", "9160"][..],
+        &["doctor", "9160"],
+        &["enable", "--now", "9160"],
+    ] {
         let (_, out, _) = run_as_proxmox(&sb, args, Duration::from_secs(60));
         assert!(out.contains("timed out"), "{args:?}: {out}");
     }

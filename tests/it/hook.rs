@@ -54,6 +54,63 @@ fn other_phases_and_unknown_phase_do_nothing() {
     assert!(host.calls().is_empty());
 }
 
+/// Issue 18.3: the container's pre-stop and post-stop end an install in
+/// progress for it (the holder of its install lock, as the kernel's table of
+/// locks names it, gets SIGTERM), and say so.
+#[test]
+fn a_stop_phase_ends_the_install_in_progress() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+    let host = FakeHost::new();
+    host.container(118, TAGGED);
+    let proc = host.path().join("proc");
+    std::fs::create_dir_all(&proc).unwrap();
+    std::os::unix::fs::symlink("/proc/locks", proc.join("locks")).unwrap();
+    let lock = host.path().join("lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    set_mode(&lock, 0o700);
+    let file = lock.join("118.lock");
+    for phase in ["pre-stop", "post-stop"] {
+        // flock(1) takes the lock itself (-o: its child does not inherit
+        // it), as an install does.
+        let mut holder = Command::new("flock")
+            .args(["-x", "-o"])
+            .arg(&file)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("flock")
+            .args(["-n", "-s"])
+            .arg(&file)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(Instant::now() < deadline, "flock never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = host.run(&["118", phase]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!(
+                "ending the install in progress (pid {})",
+                holder.id()
+            )),
+            "{phase}: {}",
+            text(&out)
+        );
+        let status = holder.wait().unwrap();
+        assert_eq!(status.signal(), Some(15), "{phase}: {status:?}");
+    }
+    // Nothing in progress: nothing said, nothing signalled.
+    let out = host.run(&["118", "post-stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("ending"), "{}", text(&out));
+}
+
 #[test]
 fn bad_vmids_are_usage_errors_that_touch_nothing() {
     let host = FakeHost::new();
