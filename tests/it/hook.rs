@@ -60,8 +60,6 @@ fn other_phases_and_unknown_phase_do_nothing() {
 #[test]
 fn a_stop_phase_ends_the_install_in_progress() {
     use std::os::unix::process::ExitStatusExt;
-    use std::process::Command;
-    use std::time::{Duration, Instant};
     let host = FakeHost::new();
     host.container(118, TAGGED);
     let proc = host.path().join("proc");
@@ -72,26 +70,7 @@ fn a_stop_phase_ends_the_install_in_progress() {
     set_mode(&lock, 0o700);
     let file = lock.join("118.lock");
     for phase in ["pre-stop", "post-stop"] {
-        // flock(1) takes the lock itself (-o: its child does not inherit
-        // it), as an install does.
-        let mut holder = Command::new("flock")
-            .args(["-x", "-o"])
-            .arg(&file)
-            .args(["sleep", "30"])
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Command::new("flock")
-            .args(["-n", "-s"])
-            .arg(&file)
-            .arg("true")
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(Instant::now() < deadline, "flock never took the lock");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut holder = support::flock_holder(&file);
         let out = host.run(&["118", phase]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert!(

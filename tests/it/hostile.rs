@@ -45,25 +45,7 @@ fn planted_locks_never_read_as_installing_and_loose_lock_folders_are_refused() {
     write(&planted, "");
     std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
     // Someone holds it, as /run/lock's first comer could have.
-    let mut holder = Command::new("flock")
-        .arg("-x")
-        .arg(&planted)
-        .args(["sleep", "60"])
-        .spawn()
-        .unwrap();
-    // Held for sure before looking: a second flock cannot take it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Command::new("flock")
-        .args(["-n", "-s"])
-        .arg(&planted)
-        .arg("true")
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < deadline, "flock never took the lock");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut holder = support::flock_holder(&planted);
     assert_eq!(
         host.status_json(180)["state"],
         "missing",

@@ -247,6 +247,34 @@ fn serve(mut stream: TcpStream, root: &Path, counts: &Mutex<HashMap<String, usiz
     let _ = stream.write_all(&response);
 }
 
+/// A process that holds an exclusive flock on `file` (flock(1) takes it
+/// itself; `-o`: the `sleep` it runs does not inherit it), returned once
+/// the lock is held for sure: a second flock cannot take it.
+pub fn flock_holder(file: &Path) -> std::process::Child {
+    let holder = Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(file)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n", "-s"])
+        .arg(file)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    holder
+}
+
 pub fn which(program: &str) -> PathBuf {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join(program))
